@@ -1,0 +1,1 @@
+"""rswaitress: a WSGI server with a Rust core, a drop-in replacement for Waitress."""
