@@ -1,0 +1,311 @@
+"""The server objects: sockets bound as Waitress binds them, a pool of threads, and the
+Rust core (``rswaitress._core.Server``) that accepts, parses, dispatches and writes.
+
+``create_server`` returns a ``TcpWSGIServer`` or ``UnixWSGIServer`` when there is one
+listening socket and a ``MultiSocketServer`` when there are several, with the same
+attributes Waitress users rely on: ``run()``, ``close()``, ``print_listen()``,
+``effective_host``, ``effective_port``, ``socket`` and ``adj``.
+"""
+
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+
+from rswaitress import _core
+from rswaitress.adjustments import Adjustments
+
+logger = logging.getLogger("rswaitress")
+
+#: Seconds run() waits for pool threads to finish after the reactor has stopped.
+THREAD_JOIN_TIMEOUT = 5.0
+
+
+def cleanup_unix_socket(path):
+    """Removes a stale Unix socket file left by a previous server at ``path``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(st.st_mode):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def _prepare_socket(sock, adj):
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        if os.name == "nt":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+
+class _Listening:
+    """One listening socket and what the environ and print_listen say about it."""
+
+    def __init__(self, sock, effective_host, effective_port, is_unix):
+        self.socket = sock
+        self.effective_host = effective_host
+        self.effective_port = effective_port
+        self.is_unix = is_unix
+
+
+def _tcp_listening(sockinfo, adj, sock=None):
+    family, socktype, proto, sockaddr = sockinfo
+    if sock is None:
+        sock = socket.socket(family, socktype, proto or 0)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            _prepare_socket(sock, adj)
+            sock.bind(sockaddr)
+            sock.listen(adj.backlog)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock.listen(adj.backlog)
+    host, port = socket.getnameinfo(
+        sock.getsockname(), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+    )
+    return _Listening(sock, host, port, False)
+
+
+def _unix_listening(adj, sock=None):
+    if sock is None:
+        path = adj.unix_socket
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            cleanup_unix_socket(path)
+            sock.bind(path)
+            if os.path.exists(path):
+                os.chmod(path, adj.unix_socket_perms)
+            sock.listen(adj.backlog)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock.listen(adj.backlog)
+    return _Listening(sock, "unix", sock.getsockname(), True)
+
+
+def _wrap_application(application, adj):
+    """Applies the proxy-headers middleware when a proxy is trusted or untrusted proxy
+    headers must be logged; plain clearing of untrusted headers is done by the core."""
+    if adj.trusted_proxy or (
+        adj.clear_untrusted_proxy_headers and adj.log_untrusted_proxy_headers
+    ):
+        from rswaitress.proxy_headers import proxy_headers_middleware
+
+        return proxy_headers_middleware(
+            application,
+            trusted_proxy=adj.trusted_proxy,
+            trusted_proxy_count=adj.trusted_proxy_count,
+            trusted_proxy_headers=adj.trusted_proxy_headers,
+            clear_untrusted=adj.clear_untrusted_proxy_headers,
+            log_untrusted=adj.log_untrusted_proxy_headers,
+            logger=logger,
+        )
+    return application
+
+
+class BaseWSGIServer:
+    """A server over one or more listening sockets.
+
+    Sockets are bound when the server is created (so a bad address fails at once and
+    ``effective_port`` is known); threads start and connections are accepted in run().
+    """
+
+    def __init__(self, application, adj, listening):
+        if application is None:
+            raise ValueError(
+                'The "app" passed to ``create_server`` was ``None``.  You forgot '
+                "to return a WSGI app within your application."
+            )
+        self.application = application
+        self.adj = adj
+        self._listening = listening
+        self.server_name = adj.server_name
+        self._closed = False
+        self._running = False
+        self._threads = []
+        try:
+            self._core = _core.Server(
+                _wrap_application(application, adj),
+                [
+                    (l.socket.fileno(), str(l.effective_port), l.is_unix)
+                    for l in listening
+                ],
+                adj,
+            )
+        except BaseException:
+            self._close_sockets()
+            raise
+
+    # What Waitress users read off a single-socket server.
+    @property
+    def socket(self):
+        return self._listening[0].socket
+
+    @property
+    def effective_host(self):
+        return self._listening[0].effective_host
+
+    @property
+    def effective_port(self):
+        return self._listening[0].effective_port
+
+    @property
+    def effective_listen(self):
+        return [(l.effective_host, l.effective_port) for l in self._listening]
+
+    @property
+    def family(self):
+        return self.socket.family
+
+    def print_listen(self, format_str):
+        """Logs ``format_str.format(host, port)`` for each listening socket, IPv6 hosts
+        in brackets."""
+        for host, port in self.effective_listen:
+            if ":" in host:
+                host = f"[{host}]"
+            logger.info(format_str.format(host, port))
+
+    def run(self):
+        """Serves until close() is called or SIGINT/SIGTERM arrives, then finishes the
+        requests in progress and returns."""
+        if self._closed:
+            raise RuntimeError("this server was closed")
+        self._running = True
+        restore_sigterm = self._install_sigterm()
+        self._start_threads()
+        try:
+            self._core.run()
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            if restore_sigterm is not None:
+                signal.signal(signal.SIGTERM, restore_sigterm)
+            self._core.close()
+            self._stop_threads()
+            self._running = False
+            self._close_sockets()
+
+    def close(self):
+        """Stops a running server (from any thread) or releases an idle one's sockets."""
+        self._core.close()
+        if not self._running:
+            self._close_sockets()
+
+    def _install_sigterm(self):
+        """SIGTERM stops the server like Ctrl-C, when run() owns the main thread and no
+        handler of the application's is installed."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            current = signal.getsignal(signal.SIGTERM)
+        except (AttributeError, ValueError):
+            return None
+        if current not in (signal.SIG_DFL, None):
+            return None
+
+        def _terminate(signum, frame):
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, _terminate)
+        return current
+
+    def _start_threads(self):
+        for n in range(self.adj.threads):
+            t = threading.Thread(
+                target=self._core.serve_worker, name=f"rswaitress-{n}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+
+    def _stop_threads(self):
+        self._core.stop_workers(len(self._threads))
+        for t in self._threads:
+            t.join(THREAD_JOIN_TIMEOUT)
+        alive = [t for t in self._threads if t.is_alive()]
+        if alive:
+            logger.warning("%d thread(s) still running", len(alive))
+        self._threads = []
+
+    def _close_sockets(self):
+        if self._closed:
+            return
+        self._closed = True
+        for l in self._listening:
+            l.socket.close()
+
+
+def _adjustments(adj, kw):
+    return adj if adj is not None else Adjustments(**kw)
+
+
+class TcpWSGIServer(BaseWSGIServer):
+    """One TCP listening socket (the first of ``listen`` unless ``sockinfo`` says)."""
+
+    def __init__(self, application, map=None, _start=True, _sock=None,
+                 dispatcher=None, adj=None, sockinfo=None, bind_socket=True, **kw):
+        adj = _adjustments(adj, kw)
+        if sockinfo is None:
+            sockinfo = adj.listen[0]
+        listening = _tcp_listening(sockinfo, adj, None if bind_socket and _sock is None else _sock)
+        super().__init__(application, adj, [listening])
+
+
+WSGIServer = TcpWSGIServer
+
+
+class UnixWSGIServer(BaseWSGIServer):
+    """One Unix-domain listening socket at ``unix_socket``."""
+
+    def __init__(self, application, map=None, _start=True, _sock=None,
+                 dispatcher=None, adj=None, sockinfo=None, bind_socket=True, **kw):
+        adj = _adjustments(adj, kw)
+        listening = _unix_listening(adj, None if bind_socket and _sock is None else _sock)
+        super().__init__(application, adj, [listening])
+
+
+class MultiSocketServer(BaseWSGIServer):
+    """Several listening sockets served by one reactor and one thread pool."""
+
+
+def create_server(application, map=None, _start=True, _sock=None, _dispatcher=None, **kw):
+    """Binds the sockets the arguments describe and returns a server ready to run()."""
+    if application is None:
+        raise ValueError(
+            'The "app" passed to ``create_server`` was ``None``.  You forgot '
+            "to return a WSGI app within your application."
+        )
+    adj = Adjustments(**kw)
+    listening = []
+    try:
+        if adj.unix_socket and hasattr(socket, "AF_UNIX"):
+            listening.append(_unix_listening(adj))
+        elif adj.sockets:
+            for sock in adj.sockets:
+                if hasattr(socket, "AF_UNIX") and sock.family == socket.AF_UNIX:
+                    listening.append(_unix_listening(adj, sock))
+                else:
+                    info = (sock.family, sock.type, sock.proto, sock.getsockname())
+                    listening.append(_tcp_listening(info, adj, sock))
+        else:
+            for sockinfo in adj.listen:
+                listening.append(_tcp_listening(sockinfo, adj))
+    except BaseException:
+        for l in listening:
+            l.socket.close()
+        raise
+    if len(listening) == 1:
+        cls = UnixWSGIServer if listening[0].is_unix else TcpWSGIServer
+        server = cls.__new__(cls)
+        BaseWSGIServer.__init__(server, application, adj, listening)
+        return server
+    return MultiSocketServer(application, adj, listening)

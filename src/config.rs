@@ -1,0 +1,94 @@
+//! Typed settings, read once from the validated Python `Adjustments` object.
+
+use std::time::Duration;
+
+use pyo3::prelude::*;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub threads: usize,
+    pub url_scheme: String,
+    pub url_prefix: String,
+    pub ident: String,
+    pub outbuf_overflow: usize,
+    pub outbuf_high_watermark: usize,
+    pub inbuf_overflow: usize,
+    pub connection_limit: usize,
+    pub cleanup_interval: Duration,
+    pub channel_timeout: Duration,
+    pub log_socket_errors: bool,
+    pub max_request_header_size: usize,
+    pub max_request_body_size: u64,
+    pub expose_tracebacks: bool,
+    pub channel_request_lookahead: usize,
+    pub recv_bytes: usize,
+    pub server_name: String,
+    /// Drop Forwarded / X-Forwarded-* from every environ: no proxy is trusted and clearing
+    /// untrusted proxy headers is on (Waitress's default). When a proxy is trusted the
+    /// Python proxy-headers middleware does this work instead.
+    pub drop_proxy_headers: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            threads: 4,
+            url_scheme: "http".into(),
+            url_prefix: String::new(),
+            ident: "rswaitress".into(),
+            outbuf_overflow: 1_048_576,
+            outbuf_high_watermark: 16_777_216,
+            inbuf_overflow: 524_288,
+            connection_limit: 100,
+            cleanup_interval: Duration::from_secs(30),
+            channel_timeout: Duration::from_secs(120),
+            log_socket_errors: true,
+            max_request_header_size: 262_144,
+            max_request_body_size: 1_073_741_824,
+            expose_tracebacks: false,
+            channel_request_lookahead: 0,
+            recv_bytes: 65_536,
+            server_name: "waitress.invalid".into(),
+            drop_proxy_headers: true,
+        }
+    }
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(if v.is_finite() && v > 0.0 { v } else { 0.0 })
+}
+
+impl Config {
+    /// Reads every setting the core uses from an `Adjustments` instance.
+    pub fn from_adjustments(adj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let get_usize = |name: &str| -> PyResult<usize> { adj.getattr(name)?.extract::<usize>() };
+        let get_f64 = |name: &str| -> PyResult<f64> { adj.getattr(name)?.extract::<f64>() };
+        let get_bool = |name: &str| -> PyResult<bool> { adj.getattr(name)?.is_truthy() };
+        let get_str = |name: &str| -> PyResult<String> {
+            let v = adj.getattr(name)?;
+            if v.is_none() { Ok(String::new()) } else { v.extract::<String>() }
+        };
+        Ok(Config {
+            threads: get_usize("threads")?.max(1),
+            url_scheme: get_str("url_scheme")?,
+            url_prefix: get_str("url_prefix")?,
+            ident: get_str("ident")?,
+            outbuf_overflow: get_usize("outbuf_overflow")?,
+            outbuf_high_watermark: get_usize("outbuf_high_watermark")?.max(1),
+            inbuf_overflow: get_usize("inbuf_overflow")?,
+            connection_limit: get_usize("connection_limit")?.max(1),
+            cleanup_interval: secs(get_f64("cleanup_interval")?),
+            channel_timeout: secs(get_f64("channel_timeout")?),
+            log_socket_errors: get_bool("log_socket_errors")?,
+            max_request_header_size: get_usize("max_request_header_size")?.max(1),
+            max_request_body_size: adj.getattr("max_request_body_size")?.extract::<u64>()?,
+            expose_tracebacks: get_bool("expose_tracebacks")?,
+            channel_request_lookahead: get_usize("channel_request_lookahead")?,
+            recv_bytes: get_usize("recv_bytes")?.clamp(4096, 1 << 20),
+            server_name: get_str("server_name")?,
+            drop_proxy_headers: adj.getattr("trusted_proxy")?.is_none()
+                && get_bool("clear_untrusted_proxy_headers")?
+                && !get_bool("log_untrusted_proxy_headers")?,
+        })
+    }
+}

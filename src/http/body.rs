@@ -1,0 +1,425 @@
+//! Request bodies: Content-Length and chunked decoding into a spool that lives in memory
+//! up to `inbuf_overflow` bytes and in an anonymous temporary file beyond.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use super::{is_tchar, HttpError};
+
+/// Longest chunk-size line (size, extensions) or trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// A whole request body, in memory or spilled to a temporary file.
+#[derive(Debug)]
+pub struct Spool {
+    mem: Vec<u8>,
+    file: Option<File>,
+    len: u64,
+    limit: usize,
+}
+
+impl Spool {
+    pub fn new(limit: usize) -> Self {
+        Spool { mem: Vec::new(), file: None, len: 0, limit }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.file.is_some()
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.file.is_none() && self.mem.len() + data.len() > self.limit {
+            let mut f = tempfile::tempfile()?;
+            f.write_all(&self.mem)?;
+            self.mem = Vec::new();
+            self.file = Some(f);
+        }
+        match &mut self.file {
+            Some(f) => f.write_all(data)?,
+            None => self.mem.extend_from_slice(data),
+        }
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// The in-memory bytes (empty when the body went to a file).
+    pub fn memory(&self) -> &[u8] {
+        &self.mem
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`.
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset >= self.len {
+            return Ok(0);
+        }
+        let want = buf.len().min((self.len - offset) as usize);
+        match &mut self.file {
+            None => {
+                let start = offset as usize;
+                buf[..want].copy_from_slice(&self.mem[start..start + want]);
+                Ok(want)
+            }
+            Some(f) => {
+                f.seek(SeekFrom::Start(offset))?;
+                let mut got = 0;
+                while got < want {
+                    let n = f.read(&mut buf[got..want])?;
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                Ok(got)
+            }
+        }
+    }
+}
+
+/// Decodes a body as its bytes arrive.
+#[derive(Debug)]
+pub enum BodyDecoder {
+    Length { remaining: u64 },
+    Chunked(Chunked),
+}
+
+#[derive(Debug)]
+pub struct Chunked {
+    state: ChunkState,
+    /// The chunk-size line being collected (size and extensions), up to its CR.
+    line: Vec<u8>,
+    /// Trailer section bytes seen, for the size limit.
+    trailer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    SizeLine,
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final blank line).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf { blank: bool },
+    Done,
+}
+
+/// What one call to `feed` did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub consumed: usize,
+    pub done: bool,
+}
+
+impl BodyDecoder {
+    pub fn length(n: u64) -> Self {
+        BodyDecoder::Length { remaining: n }
+    }
+
+    pub fn chunked() -> Self {
+        BodyDecoder::Chunked(Chunked {
+            state: ChunkState::SizeLine,
+            line: Vec::new(),
+            trailer_bytes: 0,
+        })
+    }
+
+    /// Feeds raw bytes; decoded body bytes go to `out`. `max_body` bounds the decoded size
+    /// (413 past it). Bytes after the end of the body are left unconsumed.
+    pub fn feed(&mut self, data: &[u8], out: &mut Spool, max_body: u64)
+        -> Result<Progress, HttpError>
+    {
+        match self {
+            BodyDecoder::Length { remaining } => {
+                let take = (*remaining).min(data.len() as u64) as usize;
+                out.write(&data[..take]).map_err(io_error)?;
+                *remaining -= take as u64;
+                Ok(Progress { consumed: take, done: *remaining == 0 })
+            }
+            BodyDecoder::Chunked(c) => c.feed(data, out, max_body),
+        }
+    }
+}
+
+fn io_error(e: io::Error) -> HttpError {
+    HttpError::new(500, format!("could not buffer the request body: {e}"))
+}
+
+fn bad(msg: &str) -> HttpError {
+    HttpError::bad_request(msg.to_string())
+}
+
+impl Chunked {
+    fn feed(&mut self, data: &[u8], out: &mut Spool, max_body: u64)
+        -> Result<Progress, HttpError>
+    {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                ChunkState::SizeLine => {
+                    if b == b'\r' {
+                        let size = parse_chunk_line(&self.line)?;
+                        self.line.clear();
+                        if out.len().saturating_add(size) > max_body {
+                            return Err(HttpError::new(413, format!("exceeds max_body of {max_body}")));
+                        }
+                        self.state = ChunkState::SizeLf(size);
+                    } else {
+                        if self.line.len() >= MAX_CHUNK_LINE {
+                            return Err(bad("Chunk size line too long"));
+                        }
+                        self.line.push(b);
+                    }
+                    i += 1;
+                }
+                ChunkState::SizeLf(size) => {
+                    if b != b'\n' {
+                        return Err(bad("Chunk size line not terminated by CRLF"));
+                    }
+                    self.state = if size == 0 { ChunkState::TrailerStart } else { ChunkState::Data(size) };
+                    i += 1;
+                }
+                ChunkState::Data(left) => {
+                    let take = left.min((data.len() - i) as u64) as usize;
+                    out.write(&data[i..i + take]).map_err(io_error)?;
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 { ChunkState::DataCr } else { ChunkState::Data(left) };
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(bad("Chunk data not followed by CRLF"));
+                    }
+                    self.state = ChunkState::DataLf;
+                    i += 1;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(bad("Chunk data not followed by CRLF"));
+                    }
+                    self.state = ChunkState::SizeLine;
+                    i += 1;
+                }
+                ChunkState::TrailerStart => {
+                    self.count_trailer()?;
+                    if b == b'\r' {
+                        self.state = ChunkState::TrailerLf { blank: true };
+                    } else {
+                        self.line.clear();
+                        self.line.push(b);
+                        self.state = ChunkState::TrailerLine;
+                    }
+                    i += 1;
+                }
+                ChunkState::TrailerLine => {
+                    self.count_trailer()?;
+                    if b == b'\r' {
+                        check_trailer_line(&self.line)?;
+                        self.state = ChunkState::TrailerLf { blank: false };
+                    } else if b == b'\n' {
+                        return Err(bad("Bare LF in trailer"));
+                    } else {
+                        self.line.push(b);
+                    }
+                    i += 1;
+                }
+                ChunkState::TrailerLf { blank } => {
+                    if b != b'\n' {
+                        return Err(bad("Bare CR in trailer"));
+                    }
+                    i += 1;
+                    if blank {
+                        self.state = ChunkState::Done;
+                        return Ok(Progress { consumed: i, done: true });
+                    }
+                    self.state = ChunkState::TrailerStart;
+                }
+                ChunkState::Done => return Ok(Progress { consumed: i, done: true }),
+            }
+        }
+        Ok(Progress { consumed: i, done: self.state == ChunkState::Done })
+    }
+
+    fn count_trailer(&mut self) -> Result<(), HttpError> {
+        self.trailer_bytes += 1;
+        if self.trailer_bytes > MAX_TRAILERS {
+            return Err(HttpError::new(431, "trailer section too large"));
+        }
+        Ok(())
+    }
+}
+
+/// `chunk-size [ chunk-ext ]`: hex digits only (no sign, prefix or spaces), then zero or
+/// more `;name[=value]` extensions whose names are tokens and values tokens or quoted
+/// strings. Extensions are checked and then ignored.
+fn parse_chunk_line(line: &[u8]) -> Result<u64, HttpError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(bad("Invalid chunk size"));
+    }
+    let mut size: u64 = 0;
+    for &b in &line[..digits] {
+        let v = (b as char).to_digit(16).unwrap() as u64;
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(v))
+            .ok_or_else(|| bad("Chunk size too large"))?;
+    }
+    check_extensions(&line[digits..])?;
+    Ok(size)
+}
+
+fn check_extensions(mut ext: &[u8]) -> Result<(), HttpError> {
+    let invalid = || bad("Invalid chunk extension");
+    while !ext.is_empty() {
+        if ext[0] != b';' {
+            return Err(invalid());
+        }
+        ext = &ext[1..];
+        let name = ext.iter().take_while(|&&b| is_tchar(b)).count();
+        if name == 0 {
+            return Err(invalid());
+        }
+        ext = &ext[name..];
+        if ext.first() == Some(&b'=') {
+            ext = &ext[1..];
+            if ext.first() == Some(&b'"') {
+                let mut i = 1;
+                loop {
+                    match ext.get(i) {
+                        None => return Err(invalid()),
+                        Some(b'"') => break,
+                        Some(b'\\') => {
+                            match ext.get(i + 1) {
+                                Some(&c) if c == b'\t' || (0x20..=0x7e).contains(&c) || c >= 0x80 => i += 2,
+                                _ => return Err(invalid()),
+                            }
+                        }
+                        Some(&c) if c == b'\t' || c == b' ' || c == 0x21 || (0x23..=0x5b).contains(&c)
+                            || (0x5d..=0x7e).contains(&c) || c >= 0x80 => i += 1,
+                        Some(_) => return Err(invalid()),
+                    }
+                }
+                ext = &ext[i + 1..];
+            } else {
+                let val = ext.iter().take_while(|&&b| is_tchar(b)).count();
+                if val == 0 {
+                    return Err(invalid());
+                }
+                ext = &ext[val..];
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_trailer_line(line: &[u8]) -> Result<(), HttpError> {
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    if name == 0 || line.get(name) != Some(&b':') {
+        return Err(bad("Invalid trailer field"));
+    }
+    if line[name + 1..].iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(bad("Invalid trailer field"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, usize), HttpError> {
+        let mut d = BodyDecoder::chunked();
+        let mut s = Spool::new(1 << 20);
+        let mut pos = 0;
+        while pos < input.len() {
+            let end = (pos + step).min(input.len());
+            let p = d.feed(&input[pos..end], &mut s, u64::MAX)?;
+            pos += p.consumed;
+            if p.done {
+                let mut out = vec![0; s.len() as usize];
+                s.read_at(0, &mut out).unwrap();
+                return Ok((out, pos));
+            }
+            if p.consumed < end - (pos - p.consumed) {
+                panic!("decoder stopped early without finishing");
+            }
+        }
+        Err(HttpError::bad_request("incomplete"))
+    }
+
+    #[test]
+    fn chunked_any_split() {
+        let input = b"5\r\nhello\r\n6;a=b;c=\"d\\\"e\"\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for step in 1..input.len() {
+            let (body, used) = decode_all(input, step).unwrap();
+            assert_eq!(body, b"hello world");
+            assert_eq!(&input[used..], b"NEXT");
+        }
+    }
+
+    #[test]
+    fn chunked_rejects() {
+        for bad in [
+            &b"+5\r\nhello\r\n0\r\n\r\n"[..],
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5;\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"x\r\nhello\r\n0\r\n\r\n",
+            b"fffffffffffffffff\r\n",
+            b"0\r\nbad trailer\r\n\r\n",
+            b"0\r\nX: a\nb\r\n\r\n",
+        ] {
+            assert!(decode_all(bad, 1).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(decode_all(bad, 64).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn chunked_body_limit() {
+        let mut d = BodyDecoder::chunked();
+        let mut s = Spool::new(10);
+        let e = d.feed(b"10\r\n", &mut s, 15).unwrap_err();
+        assert_eq!(e.code, 413);
+    }
+
+    #[test]
+    fn length_decoder_stops_at_end() {
+        let mut d = BodyDecoder::length(3);
+        let mut s = Spool::new(10);
+        let p = d.feed(b"abcdef", &mut s, 100).unwrap();
+        assert_eq!(p, Progress { consumed: 3, done: true });
+        assert_eq!(s.memory(), b"abc");
+    }
+
+    #[test]
+    fn spool_spills_to_file() {
+        let mut s = Spool::new(4);
+        s.write(b"abc").unwrap();
+        assert!(!s.is_file());
+        s.write(b"defg").unwrap();
+        assert!(s.is_file());
+        let mut buf = [0u8; 5];
+        assert_eq!(s.read_at(2, &mut buf).unwrap(), 5);
+        assert_eq!(&buf, b"cdefg");
+        assert_eq!(s.read_at(7, &mut buf).unwrap(), 0);
+    }
+}

@@ -1,0 +1,156 @@
+//! The PEP 3333 environ, filled as Waitress fills it. Keys are interned once; values the
+//! same for every request are built once per server.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use pyo3::{ffi, intern};
+
+use crate::connection::{Conn, Request};
+use crate::http::request::{percent_decode, split_target};
+use crate::wsgi::input::InputStream;
+
+/// Values shared by every environ of one server.
+pub struct EnvConsts {
+    pub wsgi_version: PyObject,
+    pub ident: PyObject,
+    pub server_name: PyObject,
+    pub url_scheme: PyObject,
+    pub script_name: PyObject,
+    pub url_prefix: Vec<u8>,
+    pub file_wrapper: PyObject,
+    pub sys: PyObject,
+    pub drop_proxy_headers: bool,
+}
+
+/// Headers only a trusted proxy may set (CGI names).
+const PROXY_HEADERS: [&[u8]; 6] = [
+    b"X_FORWARDED_FOR", b"X_FORWARDED_HOST", b"X_FORWARDED_PROTO", b"X_FORWARDED_PORT",
+    b"X_FORWARDED_BY", b"FORWARDED",
+];
+
+/// A Python str from latin-1 bytes (every byte is one code point, as PEP 3333 wants).
+pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        if s.is_ascii() {
+            return Ok(PyString::new(py, s));
+        }
+    }
+    // SAFETY: the pointer and length describe a live slice; the call returns a new
+    // reference or NULL with an exception set, which from_owned_ptr_or_err handles.
+    unsafe {
+        let ptr = ffi::PyUnicode_DecodeLatin1(
+            bytes.as_ptr() as *const std::os::raw::c_char,
+            bytes.len() as ffi::Py_ssize_t,
+            std::ptr::null(),
+        );
+        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.downcast_into_unchecked())
+    }
+}
+
+/// PATH_INFO from the request target: percent-decoded, leading slashes collapsed to one,
+/// and the url_prefix (SCRIPT_NAME) taken off.
+pub fn path_info(uri: &[u8], url_prefix: &[u8]) -> Vec<u8> {
+    let target = split_target(uri);
+    let mut path = percent_decode(target.path);
+    if path.starts_with(b"/") {
+        let extra = path.iter().take_while(|&&b| b == b'/').count() - 1;
+        if extra > 0 {
+            path.drain(..extra);
+        }
+    }
+    if !url_prefix.is_empty() {
+        if path == url_prefix {
+            path.clear();
+        } else if path.starts_with(url_prefix) && path.get(url_prefix.len()) == Some(&b'/') {
+            path.drain(..url_prefix.len());
+        }
+    }
+    path
+}
+
+pub fn build<'py>(
+    py: Python<'py>,
+    consts: &EnvConsts,
+    conn: &Conn,
+    req: Request,
+) -> PyResult<Bound<'py, PyDict>> {
+    let head = &req.head;
+    let env = PyDict::new(py);
+    let target = split_target(&head.uri);
+    let path = path_info(&head.uri, &consts.url_prefix);
+    let remote_addr = PyString::new(py, &conn.remote_addr);
+
+    env.set_item(intern!(py, "REMOTE_ADDR"), &remote_addr)?;
+    env.set_item(intern!(py, "REMOTE_HOST"), &remote_addr)?;
+    env.set_item(intern!(py, "REMOTE_PORT"), PyString::new(py, &conn.remote_port))?;
+    env.set_item(intern!(py, "REQUEST_METHOD"), PyString::new(py, &head.method))?;
+    env.set_item(intern!(py, "SERVER_PORT"), PyString::new(py, &conn.listener.server_port))?;
+    env.set_item(intern!(py, "SERVER_NAME"), consts.server_name.bind(py))?;
+    env.set_item(intern!(py, "SERVER_SOFTWARE"), consts.ident.bind(py))?;
+    env.set_item(intern!(py, "SERVER_PROTOCOL"), match head.version {
+        crate::http::Version::Http10 => intern!(py, "HTTP/1.0"),
+        crate::http::Version::Http11 => intern!(py, "HTTP/1.1"),
+    })?;
+    env.set_item(intern!(py, "SCRIPT_NAME"), consts.script_name.bind(py))?;
+    env.set_item(intern!(py, "PATH_INFO"), latin1(py, &path)?)?;
+    env.set_item(intern!(py, "REQUEST_URI"), latin1(py, &head.uri)?)?;
+    env.set_item(intern!(py, "QUERY_STRING"), latin1(py, target.query)?)?;
+    env.set_item(intern!(py, "wsgi.url_scheme"), consts.url_scheme.bind(py))?;
+    env.set_item(intern!(py, "wsgi.version"), consts.wsgi_version.bind(py))?;
+    env.set_item(intern!(py, "wsgi.errors"), consts.sys.bind(py).getattr(intern!(py, "stderr"))?)?;
+    env.set_item(intern!(py, "wsgi.multithread"), true)?;
+    env.set_item(intern!(py, "wsgi.multiprocess"), false)?;
+    env.set_item(intern!(py, "wsgi.run_once"), false)?;
+    env.set_item(intern!(py, "wsgi.file_wrapper"), consts.file_wrapper.bind(py))?;
+    env.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+
+    let mut key = Vec::with_capacity(64);
+    for (name, value) in &head.headers {
+        if consts.drop_proxy_headers && PROXY_HEADERS.contains(&name.as_slice()) {
+            continue;
+        }
+        let pykey = match name.as_slice() {
+            b"CONTENT_TYPE" => intern!(py, "CONTENT_TYPE").clone(),
+            b"CONTENT_LENGTH" => intern!(py, "CONTENT_LENGTH").clone(),
+            b"HOST" => intern!(py, "HTTP_HOST").clone(),
+            b"USER_AGENT" => intern!(py, "HTTP_USER_AGENT").clone(),
+            b"ACCEPT" => intern!(py, "HTTP_ACCEPT").clone(),
+            b"ACCEPT_ENCODING" => intern!(py, "HTTP_ACCEPT_ENCODING").clone(),
+            b"ACCEPT_LANGUAGE" => intern!(py, "HTTP_ACCEPT_LANGUAGE").clone(),
+            b"CONNECTION" => intern!(py, "HTTP_CONNECTION").clone(),
+            b"COOKIE" => intern!(py, "HTTP_COOKIE").clone(),
+            _ => {
+                key.clear();
+                key.extend_from_slice(b"HTTP_");
+                key.extend_from_slice(name);
+                latin1(py, &key)?
+            }
+        };
+        // A header never replaces a key the server set (HTTP_ names cannot collide with
+        // them, but CONTENT_* arriving twice were already joined).
+        if !env.contains(&pykey)? {
+            env.set_item(pykey, latin1(py, value)?)?;
+        }
+    }
+    let chunked = head.framing == crate::http::request::BodyFraming::Chunked;
+    if chunked {
+        env.set_item(intern!(py, "CONTENT_LENGTH"), req.body.len().to_string())?;
+    }
+    env.set_item(intern!(py, "wsgi.input"), Bound::new(py, InputStream::new(req.body))?)?;
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_info;
+
+    #[test]
+    fn paths() {
+        assert_eq!(path_info(b"/a%20b", b""), b"/a b");
+        assert_eq!(path_info(b"///x//y", b""), b"/x//y");
+        assert_eq!(path_info(b"/app", b"/app"), b"");
+        assert_eq!(path_info(b"/app/x?q", b"/app"), b"/x");
+        assert_eq!(path_info(b"/apple", b"/app"), b"/apple");
+        assert_eq!(path_info(b"http://h/p", b""), b"/p");
+    }
+}

@@ -1,0 +1,211 @@
+//! The loop each pool thread runs: wait for a request without the GIL, then build the
+//! environ, call the application, send what it returns, and always close its iterable.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+use crate::connection::{Conn, Request};
+use crate::http::response::{error_response, RequestSide};
+use crate::http::HttpError;
+use crate::logging;
+use crate::reactor::{Next, Shared};
+use crate::wsgi::environ::{self, EnvConsts};
+use crate::wsgi::file_wrapper::{file_region, FileWrapper};
+use crate::wsgi::start_response::{ClientDisconnected, Response, StartResponse};
+
+/// What a worker needs besides the task.
+pub struct WorkerCtx {
+    pub shared: Arc<Shared>,
+    pub app: PyObject,
+    pub consts: EnvConsts,
+    pub logger: PyObject,
+}
+
+pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
+    let shared = &ctx.shared;
+    loop {
+        shared.idle_workers.fetch_add(1, Ordering::Relaxed);
+        let task = py.allow_threads(|| shared.tasks_rx.recv());
+        shared.idle_workers.fetch_sub(1, Ordering::Relaxed);
+        let Ok(Some(task)) = task else { break };
+        let conn = task.conn;
+        let mut next = Some(task.req);
+        while let Some(req) = next.take() {
+            let close = serve(py, ctx, &conn, req);
+            next = finish(shared, &conn, close);
+        }
+        logging::deliver(py);
+    }
+}
+
+/// Hands the connection back after a response: the next pipelined request if one is
+/// complete (served by this worker at once), or to the reactor.
+fn finish(shared: &Shared, conn: &Conn, close: bool) -> Option<Request> {
+    let mut st = conn.st.lock();
+    st.busy = false;
+    if close {
+        st.close_after_flush = true;
+    }
+    match shared.advance(conn, &mut st) {
+        Next::Serve(req) => {
+            st.busy = true;
+            Some(req)
+        }
+        Next::Wait | Next::Closed => None,
+    }
+}
+
+/// Serves one request; returns whether the connection must close afterwards.
+fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> bool {
+    let head = &req.head;
+    let side = RequestSide {
+        version: head.version,
+        keep_alive: head.keep_alive,
+        asked_keep_alive: head.asked_keep_alive,
+    };
+    let is_head = head.is_head();
+    let path = String::from_utf8_lossy(&crate::wsgi::environ::path_info(&head.uri, b"")).into_owned();
+    let resp = Response::new(ctx.shared.clone(), conn.clone(), side, is_head);
+    let sr = match Bound::new(py, StartResponse { resp }) {
+        Ok(sr) => sr,
+        Err(e) => {
+            e.print(py);
+            return true;
+        }
+    };
+    let outcome = environ::build(py, &ctx.consts, conn, req)
+        .and_then(|env| ctx.app.bind(py).call1((env, &sr)))
+        .and_then(|iterable| {
+            let sent = send_body(py, &sr, &iterable);
+            let closed = close_iterable(py, &iterable);
+            sent.and(closed)
+        })
+        .and_then(|_| sr.borrow_mut().resp.finish(py));
+
+    let mut sr = sr.borrow_mut();
+    let resp = &mut sr.resp;
+    if let Err(err) = outcome {
+        if err.is_instance_of::<ClientDisconnected>(py) || resp.disconnected {
+            let _ = ctx.logger.bind(py).call_method1(
+                intern!(py, "info"),
+                (format!("Client disconnected while serving {path}"),),
+            );
+            return true;
+        }
+        let _ = ctx.logger.bind(py).call_method(
+            intern!(py, "exception"),
+            (format!("Exception while serving {path}"),),
+            Some(&[("exc_info", err.value(py))].into_py_dict(py).unwrap_or_else(|_| pyo3::types::PyDict::new(py))),
+        );
+        if resp.wrote_header() {
+            return true;
+        }
+        let body = if ctx.shared.cfg.expose_tracebacks {
+            format_traceback(py, &err)
+        } else {
+            "The server encountered an unexpected internal server error".to_string()
+        };
+        let page = error_response(&HttpError::new(500, body), side.version, &ctx.shared.cfg.ident);
+        let mut st = conn.st.lock();
+        if !st.closed {
+            match st.send(&conn.sock, &[&page]) {
+                Ok(left) => {
+                    if left > 0 {
+                        // finish() arms the poller for the rest through advance().
+                    }
+                }
+                Err(e) => {
+                    ctx.shared.log_socket_error("sending an error response", &e);
+                    ctx.shared.close_locked(conn, &mut st);
+                }
+            }
+        }
+        return true;
+    }
+    if let (Some(cl), false) = (resp.content_length, is_head) {
+        let has_body = resp.framing.map_or(false, |f| f.has_body && !f.chunked);
+        if has_body && resp.bytes_written != cl {
+            log::warn!(target: "rswaitress",
+                "application returned too few bytes ({}) for specified Content-Length ({}) via app_iter",
+                resp.bytes_written, cl);
+            return true;
+        }
+    }
+    resp.close
+}
+
+use pyo3::types::IntoPyDict;
+
+fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = (|| -> PyResult<String> {
+        let tb = py.import("traceback")?;
+        let lines = tb.call_method1("format_exception", (err.value(py),))?;
+        let joined = pyo3::types::PyString::new(py, "").call_method1("join", (lines,))?;
+        joined.extract()
+    })();
+    formatted.unwrap_or_else(|_| err.to_string())
+}
+
+/// Sends the application's body: a wrapped file as a file, a list item by item, any
+/// other iterable as it yields.
+fn send_body(py: Python<'_>, sr: &Bound<'_, StartResponse>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Ok(fw) = iterable.downcast::<FileWrapper>() {
+        if sr.borrow().resp.status.is_some() {
+            if let Some(region) = file_region(py, &fw.borrow()) {
+                return sr.borrow_mut().resp.send_file(py, region);
+            }
+        }
+    }
+    if let Ok(list) = iterable.downcast::<PyList>() {
+        let n = list.len();
+        for i in 0..n {
+            let Ok(item) = list.get_item(i) else { break };
+            write_chunk(py, sr, &item, i == 0, n == 1)?;
+        }
+        return Ok(());
+    }
+    let single = iterable.hasattr(intern!(py, "__len__"))? && iterable.len().ok() == Some(1);
+    let mut first = true;
+    for item in iterable.try_iter()? {
+        let item = item?;
+        write_chunk(py, sr, &item, first, single)?;
+        first = false;
+    }
+    Ok(())
+}
+
+fn write_chunk(
+    py: Python<'_>,
+    sr: &Bound<'_, StartResponse>,
+    item: &Bound<'_, PyAny>,
+    first: bool,
+    only: bool,
+) -> PyResult<()> {
+    let bytes = item.downcast::<PyBytes>().map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "the application returned a {} in its body; only bytes are allowed",
+            item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    })?;
+    let data = bytes.as_bytes();
+    let mut me = sr.borrow_mut();
+    let resp = &mut me.resp;
+    if first && only && resp.content_length.is_none() && resp.status.is_some() {
+        resp.content_length = Some(data.len() as u64);
+    }
+    if data.is_empty() {
+        return Ok(());
+    }
+    resp.write(py, data)
+}
+
+fn close_iterable(py: Python<'_>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+    if iterable.hasattr(intern!(py, "close"))? {
+        iterable.call_method0(intern!(py, "close"))?;
+    }
+    Ok(())
+}
