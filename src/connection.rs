@@ -27,7 +27,9 @@ pub struct Request {
 
 pub enum ReadState {
     Head(HeadScanner),
-    Body { head: RequestHead, decoder: BodyDecoder, spool: Spool, continue_sent: bool },
+    /// `raw` counts the body bytes received with their framing: Waitress counts chunked
+    /// bodies that way against max_request_body_size.
+    Body { head: RequestHead, decoder: BodyDecoder, spool: Spool, raw: u64 },
 }
 
 /// What parsing the buffered input gave.
@@ -35,8 +37,8 @@ pub enum Parsed {
     Request(Request),
     /// A request that must be refused; answer with this error, then close.
     Error(HttpError, Version),
-    /// More input is needed. `send_continue` asks for an interim `100 Continue`.
-    NeedMore { send_continue: bool },
+    /// More input is needed.
+    NeedMore,
 }
 
 pub struct Conn {
@@ -133,11 +135,11 @@ impl ConnState {
                         }
                     }
                     if self.inbuf.is_empty() {
-                        return Parsed::NeedMore { send_continue: false };
+                        return Parsed::NeedMore;
                     }
                     let end = match scanner.scan(&self.inbuf, cfg.max_request_header_size) {
                         Ok(Scan::Complete(end)) => end,
-                        Ok(Scan::Partial) => return Parsed::NeedMore { send_continue: false },
+                        Ok(Scan::Partial) => return Parsed::NeedMore,
                         Err(e) => return Parsed::Error(e, Version::Http10),
                     };
                     let parsed = request::parse_head(&self.inbuf[..end]);
@@ -152,28 +154,41 @@ impl ConnState {
                         }
                         BodyFraming::Length(n) => {
                             if n >= cfg.max_request_body_size {
-                                let e = HttpError::new(
-                                    413,
-                                    format!("exceeds max_body of {}", cfg.max_request_body_size),
-                                );
+                                let e = too_large_body(cfg.max_request_body_size);
                                 return Parsed::Error(e, head.version);
                             }
                             BodyDecoder::length(n)
                         }
                         BodyFraming::Chunked => BodyDecoder::chunked(),
                     };
+                    if head.expect_continue {
+                        // Sent before any response bytes, since nothing of this
+                        // connection is in flight while a request is parsed.
+                        if let Err(e) = self.out.push(INTERIM_CONTINUE) {
+                            return Parsed::Error(
+                                HttpError::new(500, format!("could not buffer output: {e}")),
+                                head.version,
+                            );
+                        }
+                    }
                     self.reading = ReadState::Body {
                         head,
                         decoder,
                         spool: Spool::new(cfg.inbuf_overflow),
-                        continue_sent: false,
+                        raw: 0,
                     };
                 }
-                ReadState::Body { head, decoder, spool, continue_sent } => {
+                ReadState::Body { head, decoder, spool, raw } => {
                     if !self.inbuf.is_empty() {
-                        match decoder.feed(&self.inbuf, spool, cfg.max_request_body_size) {
+                        let max = cfg.max_request_body_size;
+                        let chunked = head.framing == BodyFraming::Chunked;
+                        match decoder.feed(&self.inbuf, spool, max) {
                             Ok(p) => {
                                 self.inbuf.drain(..p.consumed);
+                                *raw += p.consumed as u64;
+                                if chunked && *raw >= max {
+                                    return Parsed::Error(too_large_body(max), head.version);
+                                }
                                 if p.done {
                                     let state = std::mem::replace(
                                         &mut self.reading,
@@ -185,12 +200,16 @@ impl ConnState {
                                     unreachable!();
                                 }
                             }
-                            Err(e) => return Parsed::Error(e, head.version),
+                            Err(e) => {
+                                // Waitress checks the size before the framing: a body
+                                // past the limit is 413 even if its framing is bad too.
+                                let seen = *raw + self.inbuf.len() as u64;
+                                let e = if chunked && seen >= max { too_large_body(max) } else { e };
+                                return Parsed::Error(e, head.version);
+                            }
                         }
                     }
-                    let send_continue = head.expect_continue && !*continue_sent;
-                    *continue_sent = true;
-                    return Parsed::NeedMore { send_continue };
+                    return Parsed::NeedMore;
                 }
             }
         }
@@ -235,6 +254,12 @@ impl ConnState {
         }
         Ok(self.out.pending())
     }
+}
+
+pub const INTERIM_CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+fn too_large_body(max: u64) -> HttpError {
+    HttpError::new(413, format!("exceeds max_body of {max}"))
 }
 
 /// Writes the parts with as few system calls as the socket allows; returns how many
@@ -479,7 +504,7 @@ mod tests {
         let Parsed::Request(r) = st.parse(&cfg) else { panic!() };
         assert_eq!(r.head.uri, b"/b");
         assert_eq!(r.body.memory(), b"abc");
-        assert!(matches!(st.parse(&cfg), Parsed::NeedMore { .. }));
+        assert!(matches!(st.parse(&cfg), Parsed::NeedMore));
         assert_eq!(st.inbuf, b"GET");
     }
 }

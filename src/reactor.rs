@@ -29,7 +29,6 @@ pub struct Task {
 const TICK: Duration = Duration::from_millis(100);
 /// How long a graceful shutdown waits for requests in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-const INTERIM_CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What the reactor and the workers share.
 pub struct Shared {
@@ -152,21 +151,24 @@ impl Shared {
                 self.refuse(conn, st, &err, version);
                 Next::Wait
             }
-            Parsed::NeedMore { send_continue } => {
+            Parsed::NeedMore => {
                 if st.eof {
                     self.close_locked(conn, st);
                     return Next::Closed;
                 }
-                if send_continue {
-                    if let Err(e) = st.send(&conn.sock, &[INTERIM_CONTINUE]) {
-                        self.log_socket_error("sending 100 Continue", &e);
-                        self.close_locked(conn, st);
-                        return Next::Closed;
-                    }
-                    if !st.out.is_empty() {
-                        // Rare: the interim line did not fit; flush it before reading on.
-                        self.arm(conn, st, true);
-                        return Next::Wait;
+                if !st.out.is_empty() {
+                    // A 100 Continue was queued: send it before reading on.
+                    match st.flush(&conn.sock) {
+                        Ok(0) => {}
+                        Ok(_) => {
+                            self.arm(conn, st, true);
+                            return Next::Wait;
+                        }
+                        Err(e) => {
+                            self.log_socket_error("sending 100 Continue", &e);
+                            self.close_locked(conn, st);
+                            return Next::Closed;
+                        }
                     }
                 }
                 self.arm(conn, st, false);

@@ -231,6 +231,25 @@ impl Response {
         }
     }
 
+    /// The body piece as bytes, or a TypeError. As in Waitress, the head goes out before
+    /// the error surfaces (the client then sees the status and a closed connection).
+    pub fn expect_bytes<'a, 'py>(&mut self, py: Python<'py>, data: &'a Bound<'py, PyAny>)
+        -> PyResult<&'a Bound<'py, PyBytes>>
+    {
+        match data.downcast::<PyBytes>() {
+            Ok(b) => Ok(b),
+            Err(_) => {
+                if self.status.is_some() && !self.wrote_header() {
+                    let _ = self.write(py, b"");
+                }
+                Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "response body items must be bytes, not {}",
+                    data.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                )))
+            }
+        }
+    }
+
     /// Ends the response: the head if nothing was written, the last chunk if chunked.
     pub fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
         if self.disconnected {
@@ -352,12 +371,7 @@ impl StartResponse {
 
     /// The write() callable of PEP 3333.
     fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let bytes = data.downcast::<PyBytes>().map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err(format!(
-                "write() argument must be bytes, not {}",
-                data.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-            ))
-        })?;
+        let bytes = self.resp.expect_bytes(py, data)?;
         self.resp.write(py, bytes.as_bytes())
     }
 }

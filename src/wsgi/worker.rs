@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::PyList;
 
 use crate::connection::{Conn, Request};
 use crate::http::response::{error_response, RequestSide};
@@ -185,15 +185,9 @@ fn write_chunk(
     first: bool,
     only: bool,
 ) -> PyResult<()> {
-    let bytes = item.downcast::<PyBytes>().map_err(|_| {
-        pyo3::exceptions::PyTypeError::new_err(format!(
-            "the application returned a {} in its body; only bytes are allowed",
-            item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-        ))
-    })?;
-    let data = bytes.as_bytes();
     let mut me = sr.borrow_mut();
     let resp = &mut me.resp;
+    let data = resp.expect_bytes(py, item)?.as_bytes();
     if first && only && resp.content_length.is_none() && resp.status.is_some() {
         resp.content_length = Some(data.len() as u64);
     }
