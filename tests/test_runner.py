@@ -16,7 +16,6 @@ import pytest
 import rswaitress
 from rswaitress import adjustments, runner
 
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
 
 APP_SOURCE = textwrap.dedent(
     """
@@ -50,10 +49,8 @@ APP_SOURCE = textwrap.dedent(
 
 
 def _env():
-    env = dict(os.environ)
-    extra = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(PYTHON_DIR) + (os.pathsep + extra if extra else "")
-    return env
+    """The environment for CLI subprocesses: the installed package, as a user has it."""
+    return dict(os.environ)
 
 
 def cli(*args, cwd=None, timeout=60):

@@ -318,7 +318,8 @@ impl StartResponse {
             let Ok(status) = status.downcast::<PyString>() else {
                 return Err(PyAssertionError::new_err(format!("status {status} is not a string")));
             };
-            let status = status.to_str()?;
+            let status = status.to_cow()?;
+            let status: &str = &status;
             check_no_crlf(status, "status")?;
             check_latin1(status, "status")?;
             let mut parsed = Vec::new();
@@ -343,7 +344,8 @@ impl StartResponse {
                         "Header value {} is not a string in ({}, {})", v.repr()?, k.repr()?, v.repr()?
                     )));
                 };
-                let (ks, vs) = (ks.to_str()?, vs.to_str()?);
+                let (ks, vs) = (ks.to_cow()?, vs.to_cow()?);
+                let (ks, vs): (&str, &str) = (&ks, &vs);
                 check_no_crlf(vs, "header value")?;
                 check_no_crlf(ks, "header name")?;
                 check_latin1(ks, "header name")?;
