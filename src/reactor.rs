@@ -82,12 +82,27 @@ impl Shared {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    fn arm(&self, conn: &Conn, st: &mut ConnState, write: bool) {
+    /// Registers what the connection waits for: writability while output is waiting
+    /// (`write`), readability when no worker serves it, or, with
+    /// channel_request_lookahead, also while one does (to notice a client that left).
+    pub fn arm(&self, conn: &Conn, st: &mut ConnState, write: bool) {
         st.write_armed = write;
-        let ev = if write { Event::writable(conn.key) } else { Event::readable(conn.key) };
-        if let Err(e) = self.poller.modify(&conn.sock, ev) {
+        let read = if st.busy {
+            self.cfg.channel_request_lookahead > 0 && !st.eof && st.inbuf.len() < self.lookahead_bytes()
+        } else {
+            !write
+        };
+        if !read && !write {
+            return;
+        }
+        if let Err(e) = self.poller.modify(&conn.sock, Event::new(conn.key, read, write)) {
             log::debug!(target: "rswaitress", "poller modify failed: {e}");
         }
+    }
+
+    /// Input buffered ahead of the request being served, at most.
+    fn lookahead_bytes(&self) -> usize {
+        self.cfg.recv_bytes.saturating_mul(self.cfg.channel_request_lookahead)
     }
 
     /// Closes a connection (idempotent). The caller holds its state lock.
@@ -180,6 +195,10 @@ impl Shared {
     /// Hands a request to the worker pool.
     pub fn dispatch(&self, conn: Arc<Conn>, st: &mut ConnState, req: Request) {
         st.busy = true;
+        if self.cfg.channel_request_lookahead > 0 {
+            let write = st.write_armed;
+            self.arm(&conn, st, write);
+        }
         let _ = self.tasks_tx.send(Some(Task { conn, req }));
         let queued = self.tasks_rx.len();
         let idle = self.idle_workers.load(Ordering::Relaxed);
@@ -348,25 +367,13 @@ fn on_event(shared: &Arc<Shared>, conn: &Arc<Conn>, ev: Event, scratch: &mut [u8
     if st.closed {
         return;
     }
-    if st.write_armed {
-        if !ev.writable && !ev.readable {
-            return;
-        }
+    if ev.writable && st.write_armed {
         match st.flush(&conn.sock) {
-            Ok(0) => {
-                st.write_armed = false;
-                conn.drained.notify_all();
-                if st.busy {
-                    // The worker is still producing; it re-arms when it has more.
-                    return;
-                }
-            }
             Ok(left) => {
                 if left <= shared.cfg.outbuf_high_watermark as u64 {
                     conn.drained.notify_all();
                 }
-                shared.arm(conn, &mut st, true);
-                return;
+                st.write_armed = left > 0;
             }
             Err(e) => {
                 shared.log_socket_error("flushing a response", &e);
@@ -374,17 +381,25 @@ fn on_event(shared: &Arc<Shared>, conn: &Arc<Conn>, ev: Event, scratch: &mut [u8
                 return;
             }
         }
-    } else {
-        if st.busy {
-            return;
-        }
+    }
+    if ev.readable && (st.busy || !st.write_armed) {
         if let Err(e) = st.read_some(&conn.sock, scratch) {
             if shared.cfg.log_socket_errors && !is_disconnect(&e) {
                 log::warn!(target: "rswaitress", "Socket error while reading: {e}");
             }
-            shared.close_locked(conn, &mut st);
-            return;
+            if !st.busy {
+                shared.close_locked(conn, &mut st);
+                return;
+            }
+            // The worker finds out when it writes; the request ends the connection.
+            st.eof = true;
         }
+    }
+    if st.busy || st.write_armed {
+        // A worker drives the connection, or output is still waiting for the socket.
+        let write = st.write_armed;
+        shared.arm(conn, &mut st, write);
+        return;
     }
     if let Next::Serve(req) = shared.advance(conn, &mut st) {
         shared.dispatch(conn.clone(), &mut st, req);

@@ -109,6 +109,7 @@ def _wrap_application(application, adj):
             clear_untrusted=adj.clear_untrusted_proxy_headers,
             log_untrusted=adj.log_untrusted_proxy_headers,
             logger=logger,
+            ident=adj.ident or "",
         )
     return application
 

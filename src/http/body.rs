@@ -202,14 +202,14 @@ impl Chunked {
                 }
                 ChunkState::DataCr => {
                     if b != b'\r' {
-                        return Err(bad("Chunk data not followed by CRLF"));
+                        return Err(bad("Chunk not properly terminated"));
                     }
                     self.state = ChunkState::DataLf;
                     i += 1;
                 }
                 ChunkState::DataLf => {
                     if b != b'\n' {
-                        return Err(bad("Chunk data not followed by CRLF"));
+                        return Err(bad("Chunk not properly terminated"));
                     }
                     self.state = ChunkState::SizeLine;
                     i += 1;
@@ -279,7 +279,11 @@ fn parse_chunk_line(line: &[u8]) -> Result<u64, HttpError> {
             .and_then(|s| s.checked_add(v))
             .ok_or_else(|| bad("Chunk size too large"))?;
     }
-    check_extensions(&line[digits..])?;
+    let rest = &line[digits..];
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(bad("Invalid chunk size"));
+    }
+    check_extensions(rest)?;
     Ok(size)
 }
 

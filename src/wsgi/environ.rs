@@ -9,6 +9,22 @@ use crate::connection::{Conn, Request};
 use crate::http::request::{percent_decode, split_target};
 use crate::wsgi::input::InputStream;
 
+/// `waitress.client_disconnected` / `rswaitress.client_disconnected`: tells a long-running
+/// application whether its client has gone. It can only know when the server reads ahead
+/// while the request is served (channel_request_lookahead > 0) or a write has failed.
+#[pyclass(module = "rswaitress._core", name = "ClientDisconnectedCheck")]
+pub struct DisconnectCheck {
+    conn: std::sync::Arc<Conn>,
+}
+
+#[pymethods]
+impl DisconnectCheck {
+    fn __call__(&self) -> bool {
+        let st = self.conn.st.lock();
+        st.closed || st.eof
+    }
+}
+
 /// Values shared by every environ of one server.
 pub struct EnvConsts {
     pub wsgi_version: PyObject,
@@ -71,7 +87,7 @@ pub fn path_info(uri: &[u8], url_prefix: &[u8]) -> Vec<u8> {
 pub fn build<'py>(
     py: Python<'py>,
     consts: &EnvConsts,
-    conn: &Conn,
+    conn: &std::sync::Arc<Conn>,
     req: Request,
 ) -> PyResult<Bound<'py, PyDict>> {
     let head = &req.head;
@@ -137,6 +153,9 @@ pub fn build<'py>(
         env.set_item(intern!(py, "CONTENT_LENGTH"), req.body.len().to_string())?;
     }
     env.set_item(intern!(py, "wsgi.input"), Bound::new(py, InputStream::new(req.body))?)?;
+    let check = Bound::new(py, DisconnectCheck { conn: conn.clone() })?;
+    env.set_item(intern!(py, "waitress.client_disconnected"), &check)?;
+    env.set_item(intern!(py, "rswaitress.client_disconnected"), &check)?;
     Ok(env)
 }
 

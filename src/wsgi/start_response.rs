@@ -154,8 +154,7 @@ impl Response {
                 match st.send(&conn.sock, parts) {
                     Ok(left) => {
                         if left > 0 && !st.write_armed {
-                            st.write_armed = true;
-                            let _ = shared.poller.modify(&conn.sock, polling::Event::writable(conn.key));
+                            shared.arm(conn, &mut st, true);
                         }
                         Some(left)
                     }
@@ -216,8 +215,7 @@ impl Response {
         match st.flush(&self.conn.sock) {
             Ok(left) => {
                 if left > 0 && !st.write_armed {
-                    st.write_armed = true;
-                    let _ = self.shared.poller.modify(&self.conn.sock, polling::Event::writable(self.conn.key));
+                    self.shared.arm(&self.conn, &mut st, true);
                 }
                 Ok(())
             }
