@@ -65,6 +65,12 @@ pub struct ConnState {
     pub eof: bool,
     /// Interest in writability is registered with the poller.
     pub write_armed: bool,
+    /// After an error answer: half-close and read (discarding) until the client closes,
+    /// so that data it is still sending does not turn our close into a reset that
+    /// destroys the answer before the client reads it.
+    pub linger: bool,
+    /// Half-closed; input is discarded until EOF or the linger deadline.
+    pub draining: bool,
     pub last_activity: Instant,
 }
 
@@ -86,6 +92,8 @@ impl Conn {
                 closed: false,
                 eof: false,
                 write_armed: false,
+                linger: false,
+                draining: false,
                 last_activity: Instant::now(),
             }),
             drained: Condvar::new(),
@@ -497,6 +505,7 @@ mod tests {
             reading: ReadState::Head(HeadScanner::default()),
             out: OutBuf::new(10),
             busy: false, close_after_flush: false, closed: false, eof: false, write_armed: false,
+            linger: false, draining: false,
             last_activity: Instant::now(),
         };
         let Parsed::Request(r) = st.parse(&cfg) else { panic!() };

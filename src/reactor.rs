@@ -27,6 +27,8 @@ pub struct Task {
 /// How often the loop wakes when idle: the bound on how late a signal, a close() from
 /// another thread or a timeout is noticed.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a connection refused with an error is drained before it is closed.
+const LINGER: Duration = Duration::from_secs(2);
 /// How long a graceful shutdown waits for requests in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -43,6 +45,8 @@ pub struct Shared {
     /// Workers waiting for a task (for the queue-depth warning).
     pub idle_workers: AtomicUsize,
     accept_paused: AtomicBool,
+    /// Connections draining after an error answer, with their deadlines.
+    lingering: Mutex<Vec<(Instant, usize)>>,
 }
 
 /// What to do with a connection after a response, or after new input.
@@ -69,6 +73,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             idle_workers: AtomicUsize::new(0),
             accept_paused: AtomicBool::new(false),
+            lingering: Mutex::new(Vec::new()),
         })
     }
 
@@ -136,6 +141,7 @@ impl Shared {
     fn refuse(&self, conn: &Conn, st: &mut ConnState, err: &HttpError, version: Version) {
         let body = error_response(err, version, &self.cfg.ident);
         st.close_after_flush = true;
+        st.linger = true;
         match st.send(&conn.sock, &[&body]) {
             Ok(0) => self.close_locked(conn, st),
             Ok(_) => self.arm(conn, st, true),
@@ -156,7 +162,24 @@ impl Shared {
             self.arm(conn, st, true);
             return Next::Wait;
         }
+        if st.draining {
+            st.inbuf.clear();
+            if st.eof {
+                self.close_locked(conn, st);
+                return Next::Closed;
+            }
+            self.arm(conn, st, false);
+            return Next::Wait;
+        }
         if st.close_after_flush || self.is_stopping() {
+            if st.linger && !st.eof && !self.is_stopping() {
+                st.draining = true;
+                st.inbuf.clear();
+                let _ = conn.sock.shutdown(std::net::Shutdown::Write);
+                self.lingering.lock().push((Instant::now() + LINGER, conn.key));
+                self.arm(conn, st, false);
+                return Next::Wait;
+            }
             self.close_locked(conn, st);
             return Next::Closed;
         }
@@ -291,6 +314,7 @@ pub fn run(shared: &Arc<Shared>, mut tick: impl FnMut() -> bool) -> io::Result<(
         }
         if now.duration_since(last_tick) >= TICK {
             last_tick = now;
+            close_lingering(shared, now);
             if !tick() {
                 shared.stopping.store(true, Ordering::SeqCst);
             }
@@ -413,6 +437,26 @@ fn close_idle(shared: &Arc<Shared>, now: Instant) {
     for conn in conns {
         let mut st = conn.st.lock();
         if !st.busy && now.duration_since(st.last_activity) > shared.cfg.channel_timeout {
+            shared.close_locked(&conn, &mut st);
+        }
+    }
+}
+
+/// Closes draining connections whose linger time is over.
+fn close_lingering(shared: &Arc<Shared>, now: Instant) {
+    let expired: Vec<usize> = {
+        let mut l = shared.lingering.lock();
+        if l.is_empty() {
+            return;
+        }
+        let (done, keep): (Vec<_>, Vec<_>) = l.drain(..).partition(|(t, _)| *t <= now);
+        *l = keep;
+        done.into_iter().map(|(_, k)| k).collect()
+    };
+    for key in expired {
+        let conn = shared.conns.lock().get(&key).cloned();
+        if let Some(conn) = conn {
+            let mut st = conn.st.lock();
             shared.close_locked(&conn, &mut st);
         }
     }

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod request;
 pub mod response;
+#[cfg(test)] mod proptests;
 
 use std::fmt;
 
