@@ -203,7 +203,10 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, HttpError> {
 fn version_error(buf: &[u8]) -> HttpError {
     let line_end = buf.iter().position(|&b| b == b'\r').unwrap_or(buf.len());
     let line = &buf[..line_end];
-    let v = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
+    // 505 only for a well-formed start line (three parts, single spaces) naming a
+    // version this server does not speak; anything else is a malformed line.
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let v = if parts.len() == 3 && parts.iter().all(|p| !p.is_empty()) { parts[2] } else { b"" };
     if v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.'
         && v[7].is_ascii_digit()
     {

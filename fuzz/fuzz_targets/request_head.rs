@@ -1,0 +1,151 @@
+//! Request heads: arbitrary bytes, read in arbitrary pieces through `HeadScanner::scan`
+//! (as `connection.rs` reads them) and then `parse_head`.
+//!
+//! Input layout: 4 control bytes, then the bytes the client sends.
+//!   ctrl[0] & 7   number of extra read boundaries (0..=7)
+//!   ctrl[1..4]    seed of the boundaries' positions
+//!   ctrl[0] >> 3  max_request_header_size: 0 → 8192, else 8 * that (8..=248)
+//!
+//! Asserts: no panic; an error is one of 400/413/431/501/505; an accepted head has a method
+//! of upper-case tchars, header values without CR, LF, NUL or other controls, never both
+//! Content-Length and chunked framing, and framing that agrees with the raw header lines;
+//! reading in pieces accepts exactly what one read accepts, with the same result.
+#![no_main]
+
+use _core::http::request::{leading_blank_lines, parse_content_length, parse_head, BodyFraming,
+                           HeadScanner, RequestHead, Scan};
+use _core::http::{is_tchar, HttpError, Version};
+use libfuzzer_sys::fuzz_target;
+
+type Outcome = Option<Result<(usize, RequestHead), HttpError>>;
+
+fn read_head(input: &[u8], ends: &[usize], max_header: usize) -> Outcome {
+    let mut scanner = HeadScanner::default();
+    let mut inbuf: Vec<u8> = Vec::new();
+    let mut skipped = 0;
+    let mut prev = 0;
+    for &end in ends {
+        inbuf.extend_from_slice(&input[prev..end]);
+        prev = end;
+        if scanner.is_fresh() {
+            let skip = leading_blank_lines(&inbuf);
+            inbuf.drain(..skip);
+            skipped += skip;
+        }
+        if inbuf.is_empty() {
+            continue;
+        }
+        match scanner.scan(&inbuf, max_header) {
+            Ok(Scan::Complete(n)) => {
+                assert!(n <= inbuf.len() && inbuf[..n].ends_with(b"\r\n\r\n"));
+                assert!(n < max_header, "head of {n} accepted with max {max_header}");
+                return Some(parse_head(&inbuf[..n]).map(|h| (skipped + n, h)));
+            }
+            Ok(Scan::Partial) => {}
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    None
+}
+
+/// Header names as they appear on the raw lines of an accepted head, lower-cased.
+fn raw_names(head: &[u8]) -> Vec<Vec<u8>> {
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| line.iter().position(|&b| b == b':').map(|c| line[..c].to_ascii_lowercase()))
+        .collect()
+}
+
+fn check_accepted(raw: &[u8], h: &RequestHead) {
+    assert!(!h.method.is_empty());
+    assert!(h.method.bytes().all(|b| is_tchar(b) && !b.is_ascii_lowercase()), "{:?}", h.method);
+    assert!(!h.uri.is_empty() && h.uri.iter().all(|&b| b > 0x20 && b != 0x7f));
+    for (k, v) in &h.headers {
+        assert!(!k.is_empty() && k.iter().all(|&b| is_tchar(b) && b != b'-' && !b.is_ascii_lowercase()));
+        assert!(v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)), "control in {v:?}");
+        assert_ne!(k.as_slice(), b"TRANSFER_ENCODING");
+    }
+    let names = raw_names(raw);
+    let raw_cl = names.iter().any(|n| n == b"content-length");
+    let raw_te = names.iter().any(|n| n == b"transfer-encoding");
+    assert!(!(raw_cl && raw_te), "accepted both Content-Length and Transfer-Encoding");
+    let cl = h.header(b"CONTENT_LENGTH");
+    match h.framing {
+        BodyFraming::Chunked => {
+            assert!(raw_te && cl.is_none() && h.version == Version::Http11);
+        }
+        BodyFraming::Length(n) => {
+            assert!(raw_cl && !raw_te);
+            assert_eq!(parse_content_length(cl.expect("CONTENT_LENGTH")).unwrap(), n);
+        }
+        BodyFraming::None => assert!(!raw_cl && !raw_te && cl.is_none()),
+    }
+}
+
+fn check(input: &[u8], outcome: &Outcome) {
+    match outcome {
+        Some(Ok((used, h))) => {
+            assert!(*used <= input.len());
+            let start = leading_blank_lines(input);
+            check_accepted(&input[start..*used], h);
+        }
+        Some(Err(e)) => assert!([400, 413, 431, 501, 505].contains(&e.code), "{e}"),
+        None => {}
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 4 {
+        return;
+    }
+    let (ctrl, input) = data.split_at(4);
+    let max_header = match ctrl[0] >> 3 {
+        0 => 8192,
+        m => 8 * m as usize,
+    };
+    // Read boundaries from a small xorshift seeded by the control bytes.
+    let mut seed = u32::from_le_bytes([ctrl[1], ctrl[2], ctrl[3], 0x5a]) | 1;
+    let mut ends: Vec<usize> = (0..ctrl[0] & 7)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed as usize % (input.len() + 1)
+        })
+        .collect();
+    ends.push(input.len());
+    ends.sort_unstable();
+    ends.dedup();
+
+    // parse_head alone, on any bytes.
+    match parse_head(input) {
+        Ok(h) => {
+            // parse_head on its own is lenient about bare LF (the scanner refuses it before
+            // parse_head is ever called), so only the parsed-value invariants apply.
+            assert!(h.method.bytes().all(|b| is_tchar(b) && !b.is_ascii_lowercase()));
+            for (_, v) in &h.headers {
+                assert!(v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)));
+            }
+            assert!(!(h.framing == BodyFraming::Chunked && h.header(b"CONTENT_LENGTH").is_some()));
+        }
+        Err(e) => assert!([400, 413, 431, 501, 505].contains(&e.code), "{e}"),
+    }
+
+    let whole = read_head(input, &[input.len()], max_header);
+    let split = read_head(input, &ends, max_header);
+    check(input, &whole);
+    check(input, &split);
+    match (&whole, &split) {
+        (Some(Ok((a, ha))), Some(Ok((b, hb)))) => {
+            assert_eq!(a, b);
+            assert_eq!((&ha.method, &ha.uri, ha.version, &ha.headers, ha.framing),
+                       (&hb.method, &hb.uri, hb.version, &hb.headers, hb.framing));
+            assert_eq!((ha.keep_alive, ha.asked_keep_alive, ha.expect_continue),
+                       (hb.keep_alive, hb.asked_keep_alive, hb.expect_continue));
+        }
+        // An error's status may differ: a head over the limit may be noticed before a bad
+        // byte in it arrives.
+        (Some(Err(_)), Some(Err(_))) | (None, None) => {}
+        (a, b) => panic!("one read gave {a:?}, reads ending at {ends:?} gave {b:?}"),
+    }
+});
