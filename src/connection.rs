@@ -150,12 +150,14 @@ impl ConnState {
                         Ok(Scan::Partial) => return Parsed::NeedMore,
                         Err(e) => return Parsed::Error(e, Version::Http10),
                     };
-                    let parsed = request::parse_head(&self.inbuf[..end]);
-                    self.inbuf.drain(..end);
-                    let head = match parsed {
+                    let head = match request::parse_head(&self.inbuf[..end]) {
                         Ok(h) => h,
-                        Err(e) => return Parsed::Error(e, Version::Http10),
+                        Err(e) => {
+                            let version = request::claimed_version(&self.inbuf[..end]);
+                            return Parsed::Error(e, version);
+                        }
                     };
+                    self.inbuf.drain(..end);
                     let decoder = match head.framing {
                         BodyFraming::None | BodyFraming::Length(0) => {
                             return Parsed::Request(Request { head, body: Spool::new(0) });

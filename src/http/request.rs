@@ -3,8 +3,9 @@
 
 use super::{is_tchar, HttpError, Version};
 
-/// Most header lines one request may carry; more is answered with 431.
-pub const MAX_HEADERS: usize = 256;
+/// Header lines parsed into a stack array; a head with more is parsed again into one
+/// sized from its length, so the only limit is max_request_header_size (as in Waitress).
+const STACK_HEADERS: usize = 64;
 
 /// Where the scan for the end of a head stands; kept between reads so a head that arrives
 /// a byte at a time is scanned once, not once per byte.
@@ -114,19 +115,48 @@ impl RequestHead {
 
 /// Parses one complete head (`buf` ends with CRLF CRLF).
 pub fn parse_head(buf: &[u8]) -> Result<RequestHead, HttpError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut raw);
+    let mut raw = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    match parse_into(buf, &mut raw) {
+        Err(None) => {
+            // Every header line takes at least three bytes ("a:" and its line end).
+            let mut many = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
+            parse_into(buf, &mut many).map_err(|e| {
+                e.unwrap_or_else(|| HttpError::bad_request("HTTP message header invalid"))
+            })
+        }
+        other => other.map_err(Option::unwrap),
+    }
+}
+
+/// The version a refused head asked for, as far as its start line tells: error answers
+/// use it, as Waitress does once it has read the start line.
+pub fn claimed_version(buf: &[u8]) -> Version {
+    let line_end = buf.iter().position(|&b| b == b'\r').unwrap_or(buf.len());
+    if buf[..line_end].ends_with(b" HTTP/1.1") {
+        Version::Http11
+    } else {
+        Version::Http10
+    }
+}
+
+/// Parses with the given header array; `Err(None)` means the array was too small.
+fn parse_into<'h, 'b>(buf: &'b [u8], raw: &'h mut [httparse::Header<'b>])
+    -> Result<RequestHead, Option<HttpError>>
+{
+    let mut req = httparse::Request::new(raw);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => {
-            return Err(HttpError::bad_request("HTTP message header invalid"))
+            return Err(Some(HttpError::bad_request("HTTP message header invalid")))
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::new(431, format!("more than {MAX_HEADERS} header fields")))
-        }
-        Err(httparse::Error::Version) => return Err(version_error(buf)),
-        Err(e) => return Err(HttpError::bad_request(describe(e))),
+        Err(httparse::Error::TooManyHeaders) => return Err(None),
+        Err(httparse::Error::Version) => return Err(Some(version_error(buf))),
+        Err(e) => return Err(Some(HttpError::bad_request(describe(e)))),
     }
+    build(req).map_err(Some)
+}
+
+fn build(req: httparse::Request<'_, '_>) -> Result<RequestHead, HttpError> {
     let method = req.method.unwrap_or_default();
     if method.bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(HttpError::bad_request(format!("Malformed HTTP method \"{method}\"")));

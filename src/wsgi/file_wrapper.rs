@@ -49,28 +49,42 @@ pub struct FileRegion {
     pub len: u64,
 }
 
-/// Looks at a wrapped file-like object: when it is a seekable file with a descriptor,
-/// returns its remaining region (without moving its position); otherwise None, and the
-/// wrapper is iterated like any other response.
-pub fn file_region(py: Python<'_>, wrapper: &FileWrapper) -> Option<FileRegion> {
+/// How a wrapped file-like object can be sent.
+pub enum Wrapped {
+    /// A regular file with a descriptor: its region goes out with sendfile.
+    File(FileRegion),
+    /// Seekable but without a usable descriptor (BytesIO...): `len` bytes from its current
+    /// position, read in blocks; the length is known, so Content-Length is exact.
+    Seekable { len: u64 },
+    /// Anything else is iterated like any other response.
+    Stream,
+}
+
+/// Looks at a wrapped file-like object without moving its position.
+pub fn inspect(py: Python<'_>, wrapper: &FileWrapper) -> Wrapped {
     let f = wrapper.filelike.bind(py);
-    let region = (|| -> PyResult<Option<FileRegion>> {
+    let found = (|| -> PyResult<Wrapped> {
+        if !f.hasattr("tell")? || !f.hasattr("seek")? {
+            return Ok(Wrapped::Stream);
+        }
         if f.hasattr("seekable")? && !f.call_method0("seekable")?.is_truthy()? {
-            return Ok(None);
+            return Ok(Wrapped::Stream);
         }
-        if !f.hasattr("fileno")? || !f.hasattr("tell")? || !f.hasattr("seek")? {
-            return Ok(None);
-        }
-        let fd: i64 = f.call_method0("fileno")?.extract()?;
         let start: u64 = f.call_method0("tell")?.extract()?;
         let end: u64 = f.call_method1("seek", (0, 2))?.extract()?;
         f.call_method1("seek", (start,))?;
-        Ok(dup_file(fd).map(|file| FileRegion { file, offset: start, len: end.saturating_sub(start) }))
+        let len = end.saturating_sub(start);
+        let fd = if f.hasattr("fileno")? {
+            f.call_method0("fileno").and_then(|n| n.extract::<i64>()).ok()
+        } else {
+            None
+        };
+        Ok(match fd.and_then(dup_file) {
+            Some(file) => Wrapped::File(FileRegion { file, offset: start, len }),
+            None => Wrapped::Seekable { len },
+        })
     })();
-    match region {
-        Ok(r) => r,
-        Err(_) => None,
-    }
+    found.unwrap_or(Wrapped::Stream)
 }
 
 #[cfg(unix)]

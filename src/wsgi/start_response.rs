@@ -189,16 +189,23 @@ impl Response {
         Ok(())
     }
 
-    /// Sends a wrapped file's region after the head (Content-Length set to its size).
-    pub fn send_file(&mut self, py: Python<'_>, region: FileRegion) -> PyResult<()> {
+    /// A wrapped file of `len` bytes is sent: it sets Content-Length, replacing the
+    /// application's when that differs (the smaller of the two wins, as in Waitress).
+    pub fn set_file_length(&mut self, len: u64) -> u64 {
         let size = match self.content_length {
-            Some(cl) if cl < region.len => cl,
-            _ => region.len,
+            Some(cl) if cl < len => cl,
+            _ => len,
         };
         if self.content_length != Some(size) {
             self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
             self.content_length = Some(size);
         }
+        size
+    }
+
+    /// Sends a wrapped file's region after the head (Content-Length set to its size).
+    pub fn send_file(&mut self, py: Python<'_>, region: FileRegion) -> PyResult<()> {
+        let size = self.set_file_length(region.len);
         self.write(py, b"")?;
         let framing = self.framing.unwrap();
         self.bytes_written = size;

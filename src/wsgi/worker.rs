@@ -14,7 +14,7 @@ use crate::http::HttpError;
 use crate::logging;
 use crate::reactor::{Next, Shared};
 use crate::wsgi::environ::{self, EnvConsts};
-use crate::wsgi::file_wrapper::{file_region, FileWrapper};
+use crate::wsgi::file_wrapper::{inspect, FileWrapper, Wrapped};
 use crate::wsgi::start_response::{ClientDisconnected, Response, StartResponse};
 
 /// What a worker needs besides the task.
@@ -96,11 +96,7 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
             );
             return true;
         }
-        let _ = ctx.logger.bind(py).call_method(
-            intern!(py, "exception"),
-            (format!("Exception while serving {path}"),),
-            Some(&[("exc_info", err.value(py))].into_py_dict(py).unwrap_or_else(|_| pyo3::types::PyDict::new(py))),
-        );
+        log_exception(py, &ctx.logger, &format!("Exception while serving {path}"), &err);
         if resp.wrote_header() {
             return true;
         }
@@ -138,12 +134,28 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
     resp.close
 }
 
-use pyo3::types::IntoPyDict;
+/// `(type, value, traceback)` of an error, as `sys.exc_info()` gives it.
+fn exc_info<'py>(py: Python<'py>, err: &PyErr) -> Bound<'py, pyo3::types::PyTuple> {
+    let tb: PyObject = match err.traceback(py) {
+        Some(tb) => tb.into_any().unbind(),
+        None => py.None(),
+    };
+    pyo3::types::PyTuple::new(py, [err.get_type(py).into_any().unbind(), err.value(py).clone().into_any().unbind(), tb])
+        .expect("a 3-tuple")
+}
+
+/// Logs `msg` at ERROR with the error's traceback, as logger.exception() would.
+fn log_exception(py: Python<'_>, logger: &PyObject, msg: &str, err: &PyErr) {
+    let kwargs = pyo3::types::PyDict::new(py);
+    if kwargs.set_item(intern!(py, "exc_info"), exc_info(py, err)).is_ok() {
+        let _ = logger.bind(py).call_method(intern!(py, "error"), (msg,), Some(&kwargs));
+    }
+}
 
 fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
     let formatted = (|| -> PyResult<String> {
         let tb = py.import("traceback")?;
-        let lines = tb.call_method1("format_exception", (err.value(py),))?;
+        let lines = tb.call_method1("format_exception", exc_info(py, err))?;
         let joined = pyo3::types::PyString::new(py, "").call_method1("join", (lines,))?;
         joined.extract()
     })();
@@ -155,8 +167,10 @@ fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
 fn send_body(py: Python<'_>, sr: &Bound<'_, StartResponse>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
     if let Ok(fw) = iterable.downcast::<FileWrapper>() {
         if sr.borrow().resp.status.is_some() {
-            if let Some(region) = file_region(py, &fw.borrow()) {
-                return sr.borrow_mut().resp.send_file(py, region);
+            match inspect(py, &fw.borrow()) {
+                Wrapped::File(region) => return sr.borrow_mut().resp.send_file(py, region),
+                Wrapped::Seekable { len } => return send_seekable(py, sr, &fw.borrow(), len),
+                Wrapped::Stream => {}
             }
         }
     }
@@ -178,6 +192,26 @@ fn send_body(py: Python<'_>, sr: &Bound<'_, StartResponse>, iterable: &Bound<'_,
     Ok(())
 }
 
+/// A seekable file-like without a descriptor: exactly its remaining bytes (or the
+/// application's smaller Content-Length), read block by block.
+fn send_seekable(py: Python<'_>, sr: &Bound<'_, StartResponse>, fw: &FileWrapper, len: u64) -> PyResult<()> {
+    let mut left = sr.borrow_mut().resp.set_file_length(len);
+    let f = fw.filelike.bind(py);
+    while left > 0 {
+        let want = left.min(fw.block_size as u64);
+        let block = f.call_method1(intern!(py, "read"), (want,))?;
+        let mut me = sr.borrow_mut();
+        let data = me.resp.expect_bytes(py, &block)?.as_bytes();
+        if data.is_empty() {
+            break;
+        }
+        let take = data.len().min(left as usize);
+        left -= take as u64;
+        me.resp.write(py, &data[..take])?;
+    }
+    Ok(())
+}
+
 fn write_chunk(
     py: Python<'_>,
     sr: &Bound<'_, StartResponse>,
@@ -188,7 +222,7 @@ fn write_chunk(
     let mut me = sr.borrow_mut();
     let resp = &mut me.resp;
     let data = resp.expect_bytes(py, item)?.as_bytes();
-    if first && only && resp.content_length.is_none() && resp.status.is_some() {
+    if first && only && resp.content_length.is_none() && resp.status.is_some() && !resp.wrote_header() {
         resp.content_length = Some(data.len() as u64);
     }
     if data.is_empty() {

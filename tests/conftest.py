@@ -1,0 +1,319 @@
+"""Fixtures that run real servers: rswaitress in-process (a thread runs ``server.run()``),
+rswaitress in a subprocess (for signals and ``serve()``), over TCP or a Unix socket, and
+Waitress 3.0.2 in-process for side-by-side comparisons.
+
+The raw-socket client and response parser live in ``rawhttp.py``; the test applications
+in ``apps.py``.
+"""
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import rswaitress
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
+
+from rawhttp import RawClient, parse_response, parse_responses, send_raw  # noqa: E402,F401
+
+#: How long a server may take to stop once asked.
+STOP_TIMEOUT = 10.0
+
+
+class RunningServer:
+    """A server whose run() is going on a daemon thread."""
+
+    def __init__(self, server):
+        self.server = server
+        self.error = None
+        self.thread = threading.Thread(target=self._run, name="test-server", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.server.run()
+        except BaseException as e:  # reported by stop()
+            self.error = e
+
+    @property
+    def host(self):
+        return self.server.effective_host
+
+    @property
+    def port(self):
+        return int(self.server.effective_port)
+
+    @property
+    def addr(self):
+        """What rawhttp.connect takes: (host, port), or the Unix socket path."""
+        if self.server.family == getattr(socket, "AF_UNIX", None):
+            return self.server.effective_port
+        return (self.host, self.port)
+
+    def stop(self):
+        if self.thread.is_alive():
+            self.server.close()
+            self.thread.join(STOP_TIMEOUT)
+        assert not self.thread.is_alive(), "server.run() did not return after close()"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def make_server():
+    """``make_server(app, **kw)`` -> RunningServer; TCP on 127.0.0.1 and a free port
+    unless ``listen``, ``unix_socket``, ``sockets`` or ``host``/``port`` say otherwise.
+    Every server made is stopped at teardown (and must stop)."""
+    running = []
+
+    def factory(app, **kw):
+        if not {"listen", "unix_socket", "sockets"} & kw.keys():
+            kw.setdefault("host", "127.0.0.1")
+            kw.setdefault("port", 0)
+        server = rswaitress.create_server(app, **kw)
+        r = RunningServer(server)
+        running.append(r)
+        return r
+
+    yield factory
+    errors = []
+    for r in running:
+        try:
+            r.stop()
+        except BaseException as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def serve_app(make_server):
+    """``serve_app(app, **kw)`` -> (host, port): the in-process style in short."""
+
+    def factory(app, **kw):
+        return make_server(app, **kw).addr
+
+    return factory
+
+
+@pytest.fixture
+def echo_addr(serve_app):
+    import apps
+
+    return serve_app(apps.echo_environ)
+
+
+@pytest.fixture
+def unix_server(make_server, tmp_path):
+    """``unix_server(app, **kw)`` -> RunningServer listening on tmp_path/"s.sock"."""
+    if not hasattr(socket, "AF_UNIX"):
+        pytest.skip("no Unix sockets here")
+
+    def factory(app, **kw):
+        return make_server(app, unix_socket=str(tmp_path / "s.sock"), **kw)
+
+    return factory
+
+
+# --- Waitress 3.0.2, for comparisons ---------------------------------------------------
+
+
+class _WaitressStopper:
+    """Sits in a Waitress socket map; once ``stop`` is set, its readable() (called by the
+    loop thread) raises SystemExit, which Waitress's run() takes as the signal to stop."""
+
+    accepting = False
+
+    def __init__(self):
+        self.stop = False
+
+    def readable(self):
+        if self.stop:
+            raise SystemExit(0)
+        return False
+
+    def writable(self):
+        return False
+
+
+@pytest.fixture
+def waitress_server():
+    """``waitress_server(app, **kw)`` -> (host, port) (or the Unix socket path) of a
+    Waitress 3.0.2 server running in a thread (stopped at teardown)."""
+    waitress = pytest.importorskip("waitress")
+    started = []
+
+    def factory(app, **kw):
+        if "unix_socket" not in kw:
+            kw.setdefault("host", "127.0.0.1")
+            kw.setdefault("port", 0)
+        kw.setdefault("threads", 2)
+        kw.setdefault("asyncore_loop_timeout", 0.05)
+        server = waitress.create_server(app, **kw)
+        stopper = _WaitressStopper()
+        server._map[-1] = stopper
+        t = threading.Thread(target=server.run, daemon=True)
+        t.start()
+        started.append((server, stopper, t))
+        if "unix_socket" in kw:
+            return server.effective_port
+        return (server.effective_host, int(server.effective_port))
+
+    yield factory
+    for server, stopper, t in started:
+        stopper.stop = True
+        t.join(5)
+        assert not t.is_alive(), "the Waitress server did not stop"
+        server._map.pop(-1, None)
+        for ch in list(server._map.values()):
+            ch.close()
+
+
+# --- rswaitress in a subprocess --------------------------------------------------------
+
+_RUNNER = r"""
+import faulthandler, json, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # stack dump for a hung child
+# A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored;
+# give the child the handler it has when started from a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.path.insert(0, sys.argv[1])
+spec = json.loads(sys.argv[2])
+import apps, rswaitress
+app = getattr(apps, spec["app"])
+kw = spec["kw"]
+if spec.get("serve"):
+    rswaitress.serve(app, **kw)
+else:
+    server = rswaitress.create_server(app, **kw)
+    print("PORT", server.effective_port, flush=True)
+    server.run()
+print("RUN RETURNED", flush=True)
+"""
+
+
+class SubprocessServer:
+    def __init__(self, proc):
+        self.proc = proc
+        self.port = None
+        self.host = "127.0.0.1"
+        self.unix_socket = None
+        self._lines = {"stdout": [], "stderr": []}
+
+    @property
+    def addr(self):
+        if self.unix_socket:
+            return self.unix_socket
+        return (self.host, self.port)
+
+    def wait_for_line(self, predicate, stream="stdout", timeout=10.0):
+        """Reads lines of ``stream`` until one satisfies ``predicate``; returns it."""
+        f = getattr(self.proc, stream)
+        sel = selectors.DefaultSelector()
+        sel.register(f, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if not sel.select(left):
+                    continue
+                line = f.readline()
+                if not line:
+                    break
+                line = line.decode("utf-8", "replace").rstrip("\n")
+                self._lines[stream].append(line)
+                if predicate(line):
+                    return line
+        finally:
+            sel.close()
+        raise AssertionError(
+            f"no matching line on {stream} within {timeout}s; got {self._lines[stream]!r}"
+        )
+
+    def wait_exit(self, timeout=5.0):
+        """Waits for the child to exit and returns its code; if it does not, fails with
+        a dump of its threads' stacks."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+            self.proc.kill()
+            self.proc.wait(5)
+            err = self.proc.stderr.read().decode("utf-8", "replace")
+            raise AssertionError(f"server process still running after {timeout}s; "
+                                 f"stacks:\n{err[-6000:]}") from None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+        for f in (self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+@pytest.fixture
+def subprocess_server():
+    """``subprocess_server(app_name, serve=False, **kw)`` -> SubprocessServer with
+    ``port`` known. With ``serve=True`` the child calls ``rswaitress.serve()`` and the
+    port is read off its "Serving on" log line (stderr); otherwise it calls
+    create_server, prints "PORT n" and runs."""
+    procs = []
+
+    def factory(app_name, serve=False, **kw):
+        if "unix_socket" not in kw:
+            kw.setdefault("host", "127.0.0.1")
+            kw.setdefault("port", 0)
+        spec = json.dumps({"app": app_name, "kw": kw, "serve": serve})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _RUNNER, TESTS_DIR, spec],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        s = SubprocessServer(proc)
+        procs.append(s)
+        if serve:
+            line = s.wait_for_line(lambda l: "Serving on http://" in l, "stderr")
+            s.serving_line = line
+            s.port = int(line.rsplit(":", 1)[1])
+        else:
+            line = s.wait_for_line(lambda l: l.startswith("PORT "))
+            if "unix_socket" in kw:
+                s.unix_socket = line.split(" ", 1)[1]
+            else:
+                s.port = int(line.split()[1])
+        return s
+
+    yield factory
+    for s in procs:
+        s.stop()
+
+
+@pytest.fixture
+def ipv6_loopback():
+    """Skips unless ::1 can be bound here."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            s.bind(("::1", 0))
+        finally:
+            s.close()
+    except OSError:
+        pytest.skip("::1 cannot be bound here")
+    return "::1"
+
