@@ -107,20 +107,39 @@ impl ConnState {
     pub fn read_some(&mut self, sock: &Socket, scratch: &mut [u8]) -> io::Result<usize> {
         let mut total = 0;
         loop {
-            match (&*sock).read(scratch) {
+            // A Content-Length body goes from the landing buffer straight into its spool,
+            // and no further than its end.
+            let direct = match &self.reading {
+                ReadState::Body { decoder, .. } if self.inbuf.is_empty() => decoder.remaining(),
+                _ => None,
+            };
+            let want = match direct {
+                Some(0) => return Ok(total),
+                Some(left) => (left.min(scratch.len() as u64)) as usize,
+                None => scratch.len(),
+            };
+            let got = match &mut self.reading {
+                ReadState::Body { decoder, spool, raw, .. } if direct.is_some() => {
+                    spool.recv_from(sock, want, scratch).inspect(|&n| {
+                        decoder.advance(n as u64);
+                        *raw += n as u64;
+                    })
+                }
+                _ => (&*sock).read(&mut scratch[..want]).inspect(|&n| {
+                    self.inbuf.extend_from_slice(&scratch[..n]);
+                }),
+            };
+            match got {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(total);
                 }
                 Ok(n) => {
-                    self.inbuf.extend_from_slice(&scratch[..n]);
                     total += n;
                     self.last_activity = Instant::now();
-                    if n < scratch.len() {
-                        return Ok(total);
-                    }
-                    // Stop once a whole head could be here, to parse before reading more.
-                    if self.inbuf.len() >= scratch.len() * 4 {
+                    // A short read means the socket is drained; past READ_BURST, other
+                    // connections get their turn (the poller reports this one again).
+                    if n < want || total >= READ_BURST {
                         return Ok(total);
                     }
                 }
@@ -181,12 +200,18 @@ impl ConnState {
                             );
                         }
                     }
-                    self.reading = ReadState::Body {
-                        head,
-                        decoder,
-                        spool: Spool::new(cfg.inbuf_overflow),
-                        raw: 0,
+                    let spool = match head.framing {
+                        BodyFraming::Length(n) => Spool::for_length(cfg.inbuf_overflow, n),
+                        _ => Ok(Spool::new(cfg.inbuf_overflow)),
                     };
+                    let spool = match spool {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let e = HttpError::new(500, format!("could not buffer the request body: {e}"));
+                            return Parsed::Error(e, head.version);
+                        }
+                    };
+                    self.reading = ReadState::Body { head, decoder, spool, raw: 0 };
                 }
                 ReadState::Body { head, decoder, spool, raw } => {
                     if !self.inbuf.is_empty() {
@@ -199,16 +224,6 @@ impl ConnState {
                                 if chunked && *raw >= max {
                                     return Parsed::Error(too_large_body(max), head.version);
                                 }
-                                if p.done {
-                                    let state = std::mem::replace(
-                                        &mut self.reading,
-                                        ReadState::Head(HeadScanner::default()),
-                                    );
-                                    if let ReadState::Body { head, spool, .. } = state {
-                                        return Parsed::Request(Request { head, body: spool });
-                                    }
-                                    unreachable!();
-                                }
                             }
                             Err(e) => {
                                 // Waitress checks the size before the framing: a body
@@ -219,7 +234,13 @@ impl ConnState {
                             }
                         }
                     }
-                    return Parsed::NeedMore;
+                    if !decoder.is_done() {
+                        return Parsed::NeedMore;
+                    }
+                    let state =
+                        std::mem::replace(&mut self.reading, ReadState::Head(HeadScanner::default()));
+                    let ReadState::Body { head, spool, .. } = state else { unreachable!() };
+                    return Parsed::Request(Request { head, body: spool });
                 }
             }
         }
@@ -265,6 +286,9 @@ impl ConnState {
         Ok(self.out.pending())
     }
 }
+
+/// Most bytes read from one connection per readiness event.
+const READ_BURST: usize = 1 << 20;
 
 pub const INTERIM_CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 

@@ -24,6 +24,15 @@ impl Spool {
         Spool { mem: Vec::new(), file: None, len: 0, limit }
     }
 
+    /// A spool for a body whose length is known: memory reserved once, or straight to
+    /// a file when it will not fit under the limit anyway.
+    pub fn for_length(limit: usize, len: u64) -> io::Result<Self> {
+        if len > limit as u64 {
+            return Ok(Spool { mem: Vec::new(), file: Some(tempfile::tempfile()?), len: 0, limit });
+        }
+        Ok(Spool { mem: Vec::with_capacity(len as usize), file: None, len: 0, limit })
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -52,6 +61,23 @@ impl Spool {
         }
         self.len += data.len() as u64;
         Ok(())
+    }
+
+    /// Receives up to `want` bytes of body from `sock` into the spool: straight into the
+    /// reserved memory when it has room, else through `scratch`. Ok(0) is end of stream.
+    pub fn recv_from(&mut self, sock: &socket2::Socket, want: usize, scratch: &mut [u8]) -> io::Result<usize> {
+        if self.file.is_none() && self.mem.capacity() - self.mem.len() >= want {
+            let spare = &mut self.mem.spare_capacity_mut()[..want];
+            let n = sock.recv(spare)?;
+            // SAFETY: recv initialised the first n bytes of the spare capacity.
+            unsafe { self.mem.set_len(self.mem.len() + n) };
+            self.len += n as u64;
+            return Ok(n);
+        }
+        let want = want.min(scratch.len());
+        let n = (&*sock).read(&mut scratch[..want])?;
+        self.write(&scratch[..n])?;
+        Ok(n)
     }
 
     /// The in-memory bytes (empty when the body went to a file).
@@ -127,6 +153,29 @@ pub struct Progress {
 impl BodyDecoder {
     pub fn length(n: u64) -> Self {
         BodyDecoder::Length { remaining: n }
+    }
+
+    /// The whole body has been decoded.
+    pub fn is_done(&self) -> bool {
+        match self {
+            BodyDecoder::Length { remaining } => *remaining == 0,
+            BodyDecoder::Chunked(c) => c.state == ChunkState::Done,
+        }
+    }
+
+    /// Counts `n` bytes of a Content-Length body that were stored by other means.
+    pub fn advance(&mut self, n: u64) {
+        if let BodyDecoder::Length { remaining } = self {
+            *remaining = remaining.saturating_sub(n);
+        }
+    }
+
+    /// Bytes still expected, when the framing says (Content-Length).
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            BodyDecoder::Length { remaining } => Some(*remaining),
+            BodyDecoder::Chunked(_) => None,
+        }
     }
 
     pub fn chunked() -> Self {

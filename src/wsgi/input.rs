@@ -38,18 +38,29 @@ impl InputStream {
             self.pos += n as u64;
             return Ok(out);
         }
-        let body = &mut self.body;
-        let out = PyBytes::new_with(py, n, |buf| {
-            let mut got = 0;
-            while got < n {
-                let r = body.read_at(start + got as u64, &mut buf[got..])?;
-                if r == 0 {
-                    break;
-                }
-                got += r;
+        // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object whose n
+        // bytes are ours to fill before anyone else sees it (or NULL with an exception).
+        // Filling it from the spool without zeroing it first saves a pass over the body.
+        let out: Bound<'py, PyBytes> = unsafe {
+            let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as pyo3::ffi::Py_ssize_t);
+            Bound::from_owned_ptr_or_err(py, ptr)?.downcast_into_unchecked()
+        };
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(out.as_ptr()) as *mut u8, n)
+        };
+        let mut got = 0;
+        while got < n {
+            let r = self.body.read_at(start + got as u64, &mut buf[got..])?;
+            if r == 0 {
+                break;
             }
-            Ok(())
-        })?;
+            got += r;
+        }
+        if got < n {
+            // The spill file was shorter than recorded: never hand out unfilled bytes.
+            buf[got..].fill(0);
+            return Err(pyo3::exceptions::PyIOError::new_err("request body spool was truncated"));
+        }
         self.pos += n as u64;
         Ok(out)
     }

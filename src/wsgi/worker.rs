@@ -28,9 +28,18 @@ pub struct WorkerCtx {
 pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
     let shared = &ctx.shared;
     loop {
-        shared.idle_workers.fetch_add(1, Ordering::Relaxed);
-        let task = py.allow_threads(|| shared.tasks_rx.recv());
-        shared.idle_workers.fetch_sub(1, Ordering::Relaxed);
+        // Under load the next request is usually queued already: take it while still
+        // holding the GIL, instead of handing the GIL to another pool thread only to
+        // wait for it again. The GIL is released only to wait.
+        let task = match shared.tasks_rx.try_recv() {
+            Ok(task) => Ok(task),
+            Err(_) => {
+                shared.idle_workers.fetch_add(1, Ordering::Relaxed);
+                let task = py.allow_threads(|| shared.tasks_rx.recv());
+                shared.idle_workers.fetch_sub(1, Ordering::Relaxed);
+                task
+            }
+        };
         let Ok(Some(task)) = task else { break };
         let conn = task.conn;
         let mut next = Some(task.req);

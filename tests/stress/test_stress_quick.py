@@ -1,0 +1,60 @@
+"""Stress checks in the pytest suite.
+
+- ``test_aborted_connections_leave_no_fds_or_threads`` always runs (a few seconds):
+  300 connections abandoned in each style of ``stresslib.ABORT_STYLES`` against the
+  stress server in a subprocess; descriptors must come back to the baseline (+-2) and
+  the thread count must not change.
+- ``test_run_stress_quick`` runs ``run_stress.py --quick`` (100k requests under wrk,
+  2,000 aborts) only when RSWAITRESS_STRESS is set:
+
+      RSWAITRESS_STRESS=1 python -m pytest tests/stress -v
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import stresslib as L  # noqa: E402
+
+PER_STYLE = 300
+
+
+@pytest.mark.timeout(60)
+def test_aborted_connections_leave_no_fds_or_threads():
+    with L.ServerProcess(threads=4, connection_limit=2000) as srv:
+        # Traffic first, so that lazily created state is not counted as a leak.
+        assert L.server_answers(srv.port)
+        fds0, thr0 = L.stable_counts(srv.pid)
+        total = PER_STYLE * len(L.ABORT_STYLES)
+        res = L.abort_connections(srv.port, total, batch=200, time_limit=10.0)
+        assert not res["timed_out"], res
+        assert res["done"] == total, res
+        assert all(n == PER_STYLE for n in res["per_style"].values()), res
+        fds1, thr1, waited = L.settle(srv.pid, fds0, thr0, timeout=5.0, tolerance=2)
+        assert abs(fds1 - fds0) <= 2, (
+            f"fds {fds0} -> {fds1} after {waited:.1f} s: {L.fd_kinds(srv.pid)}")
+        assert thr1 == thr0, f"threads {thr0} -> {thr1}"
+        assert srv.alive(), srv.stderr_text()
+        assert L.server_answers(srv.port), "server stopped answering after the aborts"
+
+
+@pytest.mark.skipif(not os.environ.get("RSWAITRESS_STRESS"), reason="set RSWAITRESS_STRESS=1")
+@pytest.mark.timeout(100)
+def test_run_stress_quick(tmp_path):
+    out = tmp_path / "results.md"
+    try:
+        p = subprocess.run(
+            [sys.executable, os.path.join(HERE, "run_stress.py"), "--quick",
+             "--out", str(out)],
+            capture_output=True, text=True, timeout=90,
+        )
+    except subprocess.TimeoutExpired as e:  # run() has killed it
+        pytest.fail(f"run_stress.py --quick took over 90 s:\n{e.stdout}")
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert "ALL TARGETS MET" in p.stdout
