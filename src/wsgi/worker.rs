@@ -183,6 +183,13 @@ fn send_body(py: Python<'_>, sr: &Bound<'_, StartResponse>, iterable: &Bound<'_,
             }
         }
     }
+    if let Ok(tuple) = iterable.downcast::<pyo3::types::PyTuple>() {
+        let n = tuple.len();
+        for (i, item) in tuple.iter().enumerate() {
+            write_chunk(py, sr, &item, i == 0, n == 1)?;
+        }
+        return Ok(());
+    }
     if let Ok(list) = iterable.downcast::<PyList>() {
         let n = list.len();
         for i in 0..n {
@@ -241,6 +248,10 @@ fn write_chunk(
 }
 
 fn close_iterable(py: Python<'_>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+    // Lists and tuples have no close(); asking costs an AttributeError per request.
+    if iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<pyo3::types::PyTuple>() {
+        return Ok(());
+    }
     if iterable.hasattr(intern!(py, "close"))? {
         iterable.call_method0(intern!(py, "close"))?;
     }
