@@ -54,21 +54,33 @@ class _Listening:
         self.is_unix = is_unix
 
 
+def _listen(sock, adj, bind=None):
+    """Calls ``bind(sock)`` for a socket of ours, then listen(backlog). A socket of ours
+    is closed if either fails; a pre-bound one (``bind`` is None) stays the caller's."""
+    try:
+        if bind is not None:
+            bind(sock)
+        sock.listen(adj.backlog)
+    except BaseException:
+        if bind is not None:
+            sock.close()
+        raise
+    return sock
+
+
 def _tcp_listening(sockinfo, adj, sock=None):
     family, socktype, proto, sockaddr = sockinfo
+
+    def bind(sock):
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        _prepare_socket(sock, adj)
+        sock.bind(sockaddr)
+
     if sock is None:
-        sock = socket.socket(family, socktype, proto or 0)
-        try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            _prepare_socket(sock, adj)
-            sock.bind(sockaddr)
-            sock.listen(adj.backlog)
-        except BaseException:
-            sock.close()
-            raise
+        sock = _listen(socket.socket(family, socktype, proto or 0), adj, bind)
     else:
-        sock.listen(adj.backlog)
+        _listen(sock, adj)
     host, port = socket.getnameinfo(
         sock.getsockname(), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
     )
@@ -76,20 +88,18 @@ def _tcp_listening(sockinfo, adj, sock=None):
 
 
 def _unix_listening(adj, sock=None):
+    path = adj.unix_socket
+
+    def bind(sock):
+        cleanup_unix_socket(path)
+        sock.bind(path)
+        if os.path.exists(path):
+            os.chmod(path, adj.unix_socket_perms)
+
     if sock is None:
-        path = adj.unix_socket
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            cleanup_unix_socket(path)
-            sock.bind(path)
-            if os.path.exists(path):
-                os.chmod(path, adj.unix_socket_perms)
-            sock.listen(adj.backlog)
-        except BaseException:
-            sock.close()
-            raise
+        sock = _listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), adj, bind)
     else:
-        sock.listen(adj.backlog)
+        _listen(sock, adj)
     return _Listening(sock, "unix", sock.getsockname(), True)
 
 
