@@ -15,7 +15,7 @@ use socket2::Socket;
 
 use crate::config::Config;
 use crate::http::body::{BodyDecoder, Spool};
-use crate::http::request::{self, BodyFraming, HeadScanner, RequestHead, Scan};
+use crate::http::request::{self, BodyFraming, HeadScanner, RequestHead};
 use crate::http::{HttpError, Version};
 use crate::listener::ListenerInfo;
 
@@ -155,28 +155,11 @@ impl ConnState {
         loop {
             match &mut self.reading {
                 ReadState::Head(scanner) => {
-                    if scanner.is_fresh() {
-                        let skip = request::leading_blank_lines(&self.inbuf);
-                        if skip > 0 {
-                            self.inbuf.drain(..skip);
-                        }
-                    }
-                    if self.inbuf.is_empty() {
-                        return Parsed::NeedMore;
-                    }
-                    let end = match scanner.scan(&self.inbuf, cfg.max_request_header_size) {
-                        Ok(Scan::Complete(end)) => end,
-                        Ok(Scan::Partial) => return Parsed::NeedMore,
-                        Err(e) => return Parsed::Error(e, Version::Http10),
+                    let head = match request::take_head(scanner, &mut self.inbuf, cfg.max_request_header_size) {
+                        Ok(Some(head)) => head,
+                        Ok(None) => return Parsed::NeedMore,
+                        Err((e, version)) => return Parsed::Error(e, version),
                     };
-                    let head = match request::parse_head(&self.inbuf[..end]) {
-                        Ok(h) => h,
-                        Err(e) => {
-                            let version = request::claimed_version(&self.inbuf[..end]);
-                            return Parsed::Error(e, version);
-                        }
-                    };
-                    self.inbuf.drain(..end);
                     let decoder = match head.framing {
                         BodyFraming::None | BodyFraming::Length(0) => {
                             return Parsed::Request(Request { head, body: Spool::new(0) });

@@ -4,6 +4,8 @@
 //! pure function with its own unit tests.
 
 pub mod body;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod harness;
 pub mod request;
 pub mod response;
 #[cfg(test)] mod proptests;

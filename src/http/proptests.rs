@@ -10,128 +10,16 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-use super::body::{BodyDecoder, Spool};
-use super::request::{leading_blank_lines, parse_content_length, parse_head, BodyFraming,
-                     HeadScanner, RequestHead, Scan};
-use super::{is_tchar, HttpError, Version};
+use super::body::BodyDecoder;
+use super::harness::{check_accepted_head, feed_body, read_ends, read_head};
+use super::request::{parse_head, BodyFraming};
+use super::Version;
 
 /// Every status a malformed request head may be answered with.
 const HEAD_ERROR_CODES: [u16; 5] = [400, 413, 431, 501, 505];
 
 fn config(cases: u32) -> Config {
     Config { cases, failure_persistence: None, ..Config::default() }
-}
-
-// ---------------------------------------------------------------------------------------
-// Harnesses: the connection's read loops, driven by an input and the offsets it is cut at.
-// ---------------------------------------------------------------------------------------
-
-/// Turns cut points (any numbers) into sorted, distinct offsets inside `0..=len`, the last
-/// one `len`: the ends of the successive reads.
-fn read_ends(len: usize, cuts: &[usize]) -> Vec<usize> {
-    let mut ends: Vec<usize> = cuts.iter().map(|c| if len == 0 { 0 } else { c % (len + 1) }).collect();
-    ends.push(len);
-    ends.sort_unstable();
-    ends.dedup();
-    ends
-}
-
-/// What reading a head from `input` came to: the parsed head (or its error) with the
-/// number of input bytes it took, leading blank lines included; `None` when the input
-/// ended first.
-type HeadOutcome = Option<Result<(usize, RequestHead), HttpError>>;
-
-/// Reads one head the way `connection.rs` does: bytes arrive in reads ending at `ends`,
-/// leading CRLFs are dropped while the scanner is fresh, the scanner is resumed on each
-/// read and the complete head goes to `parse_head`.
-fn read_head(input: &[u8], ends: &[usize], max_header: usize) -> HeadOutcome {
-    let mut scanner = HeadScanner::default();
-    let mut inbuf: Vec<u8> = Vec::new();
-    let mut skipped = 0;
-    let mut prev = 0;
-    for &end in ends {
-        inbuf.extend_from_slice(&input[prev..end]);
-        prev = end;
-        if scanner.is_fresh() {
-            let skip = leading_blank_lines(&inbuf);
-            inbuf.drain(..skip);
-            skipped += skip;
-        }
-        if inbuf.is_empty() {
-            continue;
-        }
-        match scanner.scan(&inbuf, max_header) {
-            Ok(Scan::Complete(n)) => {
-                assert!(n <= inbuf.len() && inbuf[..n].ends_with(b"\r\n\r\n"));
-                return Some(parse_head(&inbuf[..n]).map(|h| (skipped + n, h)));
-            }
-            Ok(Scan::Partial) => {}
-            Err(e) => return Some(Err(e)),
-        }
-    }
-    None
-}
-
-/// The invariants of any head `parse_head` accepts.
-fn check_accepted_head(h: &RequestHead) {
-    assert!(!h.method.is_empty());
-    assert!(h.method.bytes().all(|b| is_tchar(b) && !b.is_ascii_lowercase()), "{:?}", h.method);
-    assert!(!h.uri.is_empty() && h.uri.iter().all(|&b| b > 0x20 && b != 0x7f));
-    for (k, v) in &h.headers {
-        assert!(!k.is_empty());
-        assert!(k.iter().all(|&b| is_tchar(b) && b != b'-' && !b.is_ascii_lowercase()), "{k:?}");
-        assert!(v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)), "{v:?}");
-        // (Each line's value is stripped, but a repeat with an empty value still adds
-        // ", ", as Waitress's joining does: "close, " is a possible value.)
-        assert_ne!(k.as_slice(), b"TRANSFER_ENCODING");
-    }
-    let cl = h.header(b"CONTENT_LENGTH");
-    match h.framing {
-        BodyFraming::Chunked => {
-            assert_eq!(h.version, Version::Http11);
-            assert!(cl.is_none(), "chunked framing with a Content-Length");
-        }
-        BodyFraming::Length(n) => assert_eq!(parse_content_length(cl.unwrap()).unwrap(), n),
-        BodyFraming::None => assert!(cl.is_none()),
-    }
-    if h.version == Version::Http10 {
-        assert!(!h.expect_continue);
-    }
-}
-
-/// Outcome of decoding a body: the decoded bytes and the raw bytes consumed, `None` when
-/// the input ended before the body did.
-type BodyOutcome = Result<(Vec<u8>, Option<usize>), u16>;
-
-/// Feeds `input` to `dec` in reads ending at `ends`, as the connection does (whatever a
-/// read leaves unconsumed is offered again with the next one), checking the `feed`
-/// contract on the way: never more consumed than offered, everything consumed unless the
-/// body ended, and nothing consumed once it has.
-fn feed_body(mut dec: BodyDecoder, input: &[u8], ends: &[usize], spool_limit: usize,
-             max_body: u64) -> BodyOutcome {
-    let mut spool = Spool::new(spool_limit);
-    let mut pos = 0;
-    let mut done_at = None;
-    for &end in ends {
-        let offered = end - pos;
-        let p = dec.feed(&input[pos..end], &mut spool, max_body).map_err(|e| e.code)?;
-        assert!(p.consumed <= offered, "consumed {} of {offered}", p.consumed);
-        pos += p.consumed;
-        if p.done {
-            done_at = Some(pos);
-            // Done is final: more bytes, or none, are left alone.
-            for rest in [&input[pos..], &b""[..], &b"0\r\n\r\n"[..]] {
-                let again = dec.feed(rest, &mut spool, max_body).map_err(|e| e.code)?;
-                assert_eq!(again.consumed, 0);
-                assert!(again.done);
-            }
-            break;
-        }
-        assert_eq!(p.consumed, offered, "stopped early without finishing");
-    }
-    let mut out = vec![0u8; spool.len() as usize];
-    assert_eq!(spool.read_at(0, &mut out).unwrap(), out.len());
-    Ok((out, done_at))
 }
 
 // ---------------------------------------------------------------------------------------

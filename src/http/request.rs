@@ -70,6 +70,34 @@ fn too_large(max: usize) -> HttpError {
     HttpError::new(431, format!("exceeds max_header of {max}"))
 }
 
+/// Takes one request head off the front of `inbuf`, as bytes arrive: blank lines before
+/// a request are dropped, the head is scanned from where the last call stopped, and a
+/// complete head is parsed and removed from the buffer. `Ok(None)`: more bytes needed.
+/// An error comes with the HTTP version its answer should use.
+pub fn take_head(
+    scanner: &mut HeadScanner,
+    inbuf: &mut Vec<u8>,
+    max_size: usize,
+) -> Result<Option<RequestHead>, (HttpError, Version)> {
+    if scanner.is_fresh() {
+        let skip = leading_blank_lines(inbuf);
+        if skip > 0 {
+            inbuf.drain(..skip);
+        }
+    }
+    if inbuf.is_empty() {
+        return Ok(None);
+    }
+    let end = match scanner.scan(inbuf, max_size) {
+        Ok(Scan::Complete(end)) => end,
+        Ok(Scan::Partial) => return Ok(None),
+        Err(e) => return Err((e, Version::Http10)),
+    };
+    let head = parse_head(&inbuf[..end]).map_err(|e| (e, claimed_version(&inbuf[..end])))?;
+    inbuf.drain(..end);
+    Ok(Some(head))
+}
+
 /// Number of leading CRLF pairs (or stray CRLFs between pipelined requests) to skip.
 pub fn leading_blank_lines(buf: &[u8]) -> usize {
     let mut i = 0;
