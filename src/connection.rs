@@ -71,6 +71,10 @@ pub struct ConnState {
     pub linger: bool,
     /// Half-closed; input is discarded until EOF or the linger deadline.
     pub draining: bool,
+    /// When the first byte of the request head being read arrived: a head must be
+    /// complete within channel_timeout, so a client dribbling it byte by byte (slowloris)
+    /// is closed like an idle one.
+    pub head_started: Option<Instant>,
     pub last_activity: Instant,
 }
 
@@ -94,6 +98,7 @@ impl Conn {
                 write_armed: false,
                 linger: false,
                 draining: false,
+                head_started: None,
                 last_activity: Instant::now(),
             }),
             drained: Condvar::new(),
@@ -126,6 +131,9 @@ impl ConnState {
                     })
                 }
                 _ => (&*sock).read(&mut scratch[..want]).inspect(|&n| {
+                    if n > 0 && self.head_started.is_none() && matches!(self.reading, ReadState::Head(_)) {
+                        self.head_started = Some(Instant::now());
+                    }
                     self.inbuf.extend_from_slice(&scratch[..n]);
                 }),
             };
@@ -156,7 +164,12 @@ impl ConnState {
             match &mut self.reading {
                 ReadState::Head(scanner) => {
                     let head = match request::take_head(scanner, &mut self.inbuf, cfg.max_request_header_size) {
-                        Ok(Some(head)) => head,
+                        Ok(Some(head)) => {
+                            // Bytes already buffered belong to the next head: its clock
+                            // starts now.
+                            self.head_started = (!self.inbuf.is_empty()).then(Instant::now);
+                            head
+                        }
                         Ok(None) => return Parsed::NeedMore,
                         Err((e, version)) => return Parsed::Error(e, version),
                     };
@@ -514,7 +527,7 @@ mod tests {
             reading: ReadState::Head(HeadScanner::default()),
             out: OutBuf::new(10),
             busy: false, close_after_flush: false, closed: false, eof: false, write_armed: false,
-            linger: false, draining: false,
+            linger: false, draining: false, head_started: None,
             last_activity: Instant::now(),
         };
         let Parsed::Request(r) = st.parse(&cfg) else { panic!() };

@@ -434,13 +434,16 @@ fn on_event(shared: &Arc<Shared>, conn: &Arc<Conn>, ev: Event, scratch: &mut [u8
     }
 }
 
-/// Closes connections that have been inactive longer than channel_timeout, unless a
-/// worker is serving them.
+/// Closes connections that have been inactive longer than channel_timeout, or have
+/// taken longer than that to send one request head, unless a worker is serving them.
 fn close_idle(shared: &Arc<Shared>, now: Instant) {
+    let timeout = shared.cfg.channel_timeout;
     let conns: Vec<Arc<Conn>> = shared.conns.lock().values().cloned().collect();
     for conn in conns {
         let mut st = conn.st.lock();
-        if !st.busy && now.duration_since(st.last_activity) > shared.cfg.channel_timeout {
+        let idle = now.duration_since(st.last_activity) > timeout;
+        let slow_head = st.head_started.is_some_and(|t| now.duration_since(t) > timeout);
+        if !st.busy && (idle || slow_head) {
             shared.close_locked(&conn, &mut st);
         }
     }
