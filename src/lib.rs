@@ -13,7 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::config::Config;
 use crate::listener::{Listener, ListenerInfo};
@@ -59,7 +59,7 @@ impl Server {
         } else {
             PyString::new(py, &cfg.ident).into_any().unbind()
         };
-        let consts = EnvConsts {
+        let mut consts = EnvConsts {
             wsgi_version: PyTuple::new(py, [1, 0])?.into_any().unbind(),
             ident,
             server_name: PyString::new(py, &cfg.server_name).into_any().unbind(),
@@ -69,7 +69,9 @@ impl Server {
             file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
             sys: py.import("sys")?.into_any().unbind(),
             drop_proxy_headers: cfg.drop_proxy_headers,
+            template: PyDict::new(py).unbind(),
         };
+        consts.make_template(py)?;
         let logger = py.import("logging")?.call_method1("getLogger", ("rswaitress",))?.unbind();
         let shared = Arc::new(Shared::new(cfg, adopted).map_err(|e| PyOSError::new_err(e.to_string()))?);
         let ctx = Arc::new(WorkerCtx { shared: shared.clone(), app, consts, logger });

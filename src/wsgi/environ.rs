@@ -36,6 +36,41 @@ pub struct EnvConsts {
     pub file_wrapper: PyObject,
     pub sys: PyObject,
     pub drop_proxy_headers: bool,
+    /// Every key the server sets, in order, with the values that never change filled in:
+    /// each environ starts as a copy of it, so it is allocated at its final size once and
+    /// the fixed entries cost nothing per request.
+    pub template: Py<PyDict>,
+}
+
+impl EnvConsts {
+    /// Builds the template from the constant values (call once all fields are set).
+    pub fn make_template(&mut self, py: Python<'_>) -> PyResult<()> {
+        let t = PyDict::new(py);
+        let none = py.None();
+        for key in ["REMOTE_ADDR", "REMOTE_HOST", "REMOTE_PORT", "REQUEST_METHOD", "SERVER_PORT"] {
+            t.set_item(key, &none)?;
+        }
+        t.set_item("SERVER_NAME", self.server_name.bind(py))?;
+        t.set_item("SERVER_SOFTWARE", self.ident.bind(py))?;
+        t.set_item("SERVER_PROTOCOL", &none)?;
+        t.set_item("SCRIPT_NAME", self.script_name.bind(py))?;
+        for key in ["PATH_INFO", "REQUEST_URI", "QUERY_STRING"] {
+            t.set_item(key, &none)?;
+        }
+        t.set_item("wsgi.url_scheme", self.url_scheme.bind(py))?;
+        t.set_item("wsgi.version", self.wsgi_version.bind(py))?;
+        t.set_item("wsgi.errors", &none)?;
+        t.set_item("wsgi.multithread", true)?;
+        t.set_item("wsgi.multiprocess", false)?;
+        t.set_item("wsgi.run_once", false)?;
+        t.set_item("wsgi.file_wrapper", self.file_wrapper.bind(py))?;
+        t.set_item("wsgi.input_terminated", true)?;
+        for key in ["wsgi.input", "waitress.client_disconnected", "rswaitress.client_disconnected"] {
+            t.set_item(key, &none)?;
+        }
+        self.template = t.unbind();
+        Ok(())
+    }
 }
 
 /// Headers only a trusted proxy may set (CGI names).
@@ -91,7 +126,7 @@ pub fn build<'py>(
     req: Request,
 ) -> PyResult<Bound<'py, PyDict>> {
     let head = &req.head;
-    let env = PyDict::new(py);
+    let env = consts.template.bind(py).copy()?;
     let target = split_target(&head.uri);
     let path = path_info(&head.uri, &consts.url_prefix);
     let remote_addr = PyString::new(py, &conn.remote_addr);
@@ -101,24 +136,14 @@ pub fn build<'py>(
     env.set_item(intern!(py, "REMOTE_PORT"), PyString::new(py, &conn.remote_port))?;
     env.set_item(intern!(py, "REQUEST_METHOD"), PyString::new(py, &head.method))?;
     env.set_item(intern!(py, "SERVER_PORT"), PyString::new(py, &conn.listener.server_port))?;
-    env.set_item(intern!(py, "SERVER_NAME"), consts.server_name.bind(py))?;
-    env.set_item(intern!(py, "SERVER_SOFTWARE"), consts.ident.bind(py))?;
     env.set_item(intern!(py, "SERVER_PROTOCOL"), match head.version {
         crate::http::Version::Http10 => intern!(py, "HTTP/1.0"),
         crate::http::Version::Http11 => intern!(py, "HTTP/1.1"),
     })?;
-    env.set_item(intern!(py, "SCRIPT_NAME"), consts.script_name.bind(py))?;
     env.set_item(intern!(py, "PATH_INFO"), latin1(py, &path)?)?;
     env.set_item(intern!(py, "REQUEST_URI"), latin1(py, &head.uri)?)?;
     env.set_item(intern!(py, "QUERY_STRING"), latin1(py, target.query)?)?;
-    env.set_item(intern!(py, "wsgi.url_scheme"), consts.url_scheme.bind(py))?;
-    env.set_item(intern!(py, "wsgi.version"), consts.wsgi_version.bind(py))?;
     env.set_item(intern!(py, "wsgi.errors"), consts.sys.bind(py).getattr(intern!(py, "stderr"))?)?;
-    env.set_item(intern!(py, "wsgi.multithread"), true)?;
-    env.set_item(intern!(py, "wsgi.multiprocess"), false)?;
-    env.set_item(intern!(py, "wsgi.run_once"), false)?;
-    env.set_item(intern!(py, "wsgi.file_wrapper"), consts.file_wrapper.bind(py))?;
-    env.set_item(intern!(py, "wsgi.input_terminated"), true)?;
 
     let mut key = Vec::with_capacity(64);
     for (name, value) in &head.headers {
