@@ -165,9 +165,7 @@ impl ConnState {
                 ReadState::Head(scanner) => {
                     let head = match request::take_head(scanner, &mut self.inbuf, cfg.max_request_header_size) {
                         Ok(Some(head)) => {
-                            // Bytes already buffered belong to the next head: its clock
-                            // starts now.
-                            self.head_started = (!self.inbuf.is_empty()).then(Instant::now);
+                            self.head_started = None;
                             head
                         }
                         Ok(None) => return Parsed::NeedMore,
@@ -175,6 +173,7 @@ impl ConnState {
                     };
                     let decoder = match head.framing {
                         BodyFraming::None | BodyFraming::Length(0) => {
+                            self.start_next_head_clock();
                             return Parsed::Request(Request { head, body: Spool::new(0) });
                         }
                         BodyFraming::Length(n) => {
@@ -236,10 +235,16 @@ impl ConnState {
                     let state =
                         std::mem::replace(&mut self.reading, ReadState::Head(HeadScanner::default()));
                     let ReadState::Body { head, spool, .. } = state else { unreachable!() };
+                    self.start_next_head_clock();
                     return Parsed::Request(Request { head, body: spool });
                 }
             }
         }
+    }
+
+    /// A request is complete: bytes already buffered after it are the next head's.
+    fn start_next_head_clock(&mut self) {
+        self.head_started = (!self.inbuf.is_empty()).then(Instant::now);
     }
 
     /// Whether part of a request has arrived (so an EOF now loses it).
