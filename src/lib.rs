@@ -84,8 +84,7 @@ impl Server {
         let result = py.allow_threads(|| {
             reactor::run(&shared, || {
                 Python::with_gil(|py| {
-                    logging::deliver(py);
-                    match py.check_signals() {
+                    match logging::deliver(py).and_then(|_| py.check_signals()) {
                         Ok(()) => true,
                         Err(e) => {
                             *self.signal_error.lock() = Some(e);
@@ -95,10 +94,11 @@ impl Server {
                 })
             })
         });
-        logging::deliver(py);
+        let delivered = logging::deliver(py);
         if let Some(e) = self.signal_error.lock().take() {
             return Err(e);
         }
+        delivered?;
         result.map_err(|e| PyOSError::new_err(e.to_string()))
     }
 

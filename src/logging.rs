@@ -63,26 +63,35 @@ fn python_level(level: log::Level) -> i32 {
 }
 
 /// Hands queued records to Python's logging. Cheap when there are none.
-pub fn deliver(py: Python<'_>) {
+///
+/// A failing handler does not stop delivery, but an exception that is not an `Exception`
+/// (KeyboardInterrupt or SystemExit from a signal handler that ran during the logging
+/// call) is returned, after the remaining records are delivered, so that it is not lost.
+pub fn deliver(py: Python<'_>) -> PyResult<()> {
     let (records, dropped) = {
         let mut q = QUEUE.lock();
         if q.records.is_empty() && q.dropped == 0 {
-            return;
+            return Ok(());
         }
         (std::mem::take(&mut q.records), std::mem::replace(&mut q.dropped, 0))
     };
-    let Ok(logging) = py.import("logging") else { return };
-    for (level, target, msg) in records {
-        if let Ok(logger) = logging.call_method1("getLogger", (target,)) {
-            let _ = logger.call_method1("log", (python_level(level), msg));
+    let logging = py.import("logging")?;
+    let mut interrupt: Option<PyErr> = None;
+    let mut emit = |target: &str, level: i32, msg: String| {
+        let sent = logging
+            .call_method1("getLogger", (target,))
+            .and_then(|logger| logger.call_method1("log", (level, msg)));
+        if let Err(e) = sent {
+            if !e.is_instance_of::<pyo3::exceptions::PyException>(py) && interrupt.is_none() {
+                interrupt = Some(e);
+            }
         }
+    };
+    for (level, target, msg) in records {
+        emit(&target, python_level(level), msg);
     }
     if dropped > 0 {
-        if let Ok(logger) = logging.call_method1("getLogger", ("rswaitress",)) {
-            let _ = logger.call_method1(
-                "warning",
-                (format!("{dropped} log records were dropped while the log queue was full"),),
-            );
-        }
+        emit("rswaitress", 30, format!("{dropped} log records were dropped while the log queue was full"));
     }
+    interrupt.map_or(Ok(()), Err)
 }

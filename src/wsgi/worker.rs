@@ -10,6 +10,7 @@ use pyo3::types::PyList;
 
 use crate::connection::{Conn, Request};
 use crate::http::response::{error_response, RequestSide};
+use crate::http::request::{percent_decode, split_target};
 use crate::http::HttpError;
 use crate::logging;
 use crate::reactor::{Next, Shared};
@@ -47,7 +48,8 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
             let close = serve(py, ctx, &conn, req);
             next = finish(shared, &conn, close);
         }
-        logging::deliver(py);
+        // Signal handlers run only on the main thread, so nothing to carry over here.
+        let _ = logging::deliver(py);
     }
 }
 
@@ -77,7 +79,9 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
         asked_keep_alive: head.asked_keep_alive,
     };
     let is_head = head.is_head();
-    let path = String::from_utf8_lossy(&crate::wsgi::environ::path_info(&head.uri, b"")).into_owned();
+    // As Waitress logs it: the percent-decoded path, each byte one latin-1 character.
+    let path: String =
+        percent_decode(split_target(&head.uri).path).iter().map(|&b| b as char).collect();
     let resp = Response::new(ctx.shared.clone(), conn.clone(), side, is_head);
     let sr = match Bound::new(py, StartResponse { resp }) {
         Ok(sr) => sr,
