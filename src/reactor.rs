@@ -145,13 +145,30 @@ impl Shared {
         st.close_after_flush = true;
         st.linger = true;
         match st.send(&conn.sock, &[&body]) {
-            Ok(0) => self.close_locked(conn, st),
+            Ok(0) => {
+                self.end(conn, st);
+            }
             Ok(_) => self.arm(conn, st, true),
             Err(e) => {
                 self.log_socket_error("sending an error response", &e);
                 self.close_locked(conn, st);
             }
         }
+    }
+
+    /// Ends a connection whose output is all sent: closes it, or after an error answer
+    /// half-closes it and drains what the client still sends for up to LINGER.
+    fn end(&self, conn: &Conn, st: &mut ConnState) -> Next {
+        if st.linger && !st.eof && !self.is_stopping() {
+            st.draining = true;
+            st.inbuf.clear();
+            let _ = conn.sock.shutdown(std::net::Shutdown::Write);
+            self.lingering.lock().push((Instant::now() + LINGER, conn.key));
+            self.arm(conn, st, false);
+            return Next::Wait;
+        }
+        self.close_locked(conn, st);
+        Next::Closed
     }
 
     /// Decides what a connection that no worker is serving does next: close, serve the
@@ -174,16 +191,7 @@ impl Shared {
             return Next::Wait;
         }
         if st.close_after_flush || self.is_stopping() {
-            if st.linger && !st.eof && !self.is_stopping() {
-                st.draining = true;
-                st.inbuf.clear();
-                let _ = conn.sock.shutdown(std::net::Shutdown::Write);
-                self.lingering.lock().push((Instant::now() + LINGER, conn.key));
-                self.arm(conn, st, false);
-                return Next::Wait;
-            }
-            self.close_locked(conn, st);
-            return Next::Closed;
+            return self.end(conn, st);
         }
         match st.parse(&self.cfg) {
             Parsed::Request(req) => Next::Serve(req),
