@@ -258,3 +258,29 @@ def test_server_still_serves_after_errors(serve_app):
         send_raw(addr, data, timeout=2)
     r = parse_response(send_raw(addr, request(headers=[("Connection", "close")])))
     assert r.status == 200
+
+
+def test_413_reaches_a_client_that_keeps_sending(serve_app):
+    """The answer to an oversized upload must not be lost to a TCP reset while the client
+    is still sending its body: the server half-closes and drains before closing."""
+    import socket
+
+    addr = serve_app(apps.hello, max_request_body_size=1000)
+    for _ in range(5):
+        s = socket.create_connection(addr, timeout=5)
+        try:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n")
+            try:
+                for _ in range(40):
+                    s.sendall(b"z" * 65536)
+            except OSError:
+                pass  # the server stopped reading; what matters is the answer below
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            s.close()
+        assert data.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n"), data[:80]
