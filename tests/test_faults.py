@@ -15,6 +15,7 @@ import time
 import pytest
 
 import apps
+from procs import stop_processes
 from rawhttp import (RawClient, connect, parse_response, parse_responses, request, send_raw,
                      wait_until)
 
@@ -545,12 +546,7 @@ def child_server():
         return proc, ("127.0.0.1", int(line.split()[1]))
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
-        proc.stdout.close()
-        proc.stderr.close()
+    stop_processes(procs)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

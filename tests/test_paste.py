@@ -15,6 +15,7 @@ import time
 import pytest
 
 from rawhttp import RawClient, parse_response, request, send_raw
+from procs import stop_processes
 
 pytest.importorskip("paste.deploy")
 
@@ -132,12 +133,7 @@ def paste_server(tmp_path):
         return port, proc
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
-        proc.stdout.close()
-        proc.stderr.close()
+    stop_processes(procs)
 
 
 def get_json(port, path="/"):
