@@ -304,7 +304,7 @@ pub fn run(shared: &Arc<Shared>, mut tick: impl FnMut() -> bool) -> io::Result<(
         }
         for ev in events.iter() {
             if ev.key < shared.listeners.len() {
-                accept(shared, ev.key);
+                accept(shared, ev.key, &mut scratch);
             } else {
                 let conn = shared.conns.lock().get(&ev.key).cloned();
                 if let Some(conn) = conn {
@@ -360,7 +360,7 @@ pub fn run(shared: &Arc<Shared>, mut tick: impl FnMut() -> bool) -> io::Result<(
     result
 }
 
-fn accept(shared: &Arc<Shared>, idx: usize) {
+fn accept(shared: &Arc<Shared>, idx: usize, scratch: &mut [u8]) {
     let listener = &shared.listeners[idx];
     loop {
         if shared.conns.lock().len() >= shared.cfg.connection_limit {
@@ -376,13 +376,17 @@ fn accept(shared: &Arc<Shared>, idx: usize) {
                 let peer = peer_strings(&addr, listener.info.is_unix);
                 let conn = Arc::new(Conn::new(key, sock, listener.info.clone(), peer, &shared.cfg));
                 shared.conns.lock().insert(key, conn.clone());
+                // Registered with no interest yet: the request usually arrived with the
+                // handshake, so it is read at once, and the read decides what to wait for.
                 // SAFETY: the socket is deleted from the poller in close_locked before
                 // the last reference to the connection (and so the socket) goes away.
-                if let Err(e) = unsafe { shared.poller.add(&conn.sock, Event::readable(key)) } {
+                if let Err(e) = unsafe { shared.poller.add(&conn.sock, Event::none(key)) } {
                     log::warn!(target: "rswaitress", "could not watch a new connection: {e}");
                     let mut st = conn.st.lock();
                     shared.close_locked(&conn, &mut st);
+                    continue;
                 }
+                on_event(shared, &conn, Event::readable(key), scratch);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
