@@ -5,7 +5,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use pyo3::{ffi, intern};
 
-use crate::connection::{Conn, Request};
+use crate::connection::Conn;
+use crate::http::body::Spool;
+use crate::http::request::RequestHead;
 use crate::http::request::{percent_decode, split_target};
 use crate::wsgi::input::InputStream;
 
@@ -123,9 +125,9 @@ pub fn build<'py>(
     py: Python<'py>,
     consts: &EnvConsts,
     conn: &std::sync::Arc<Conn>,
-    req: Request,
+    head: &RequestHead,
+    body: Spool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let head = &req.head;
     let env = consts.template.bind(py).copy()?;
     let target = split_target(&head.uri);
     let path = path_info(&head.uri, &consts.url_prefix);
@@ -175,9 +177,9 @@ pub fn build<'py>(
     }
     let chunked = head.framing == crate::http::request::BodyFraming::Chunked;
     if chunked {
-        env.set_item(intern!(py, "CONTENT_LENGTH"), req.body.len().to_string())?;
+        env.set_item(intern!(py, "CONTENT_LENGTH"), body.len().to_string())?;
     }
-    env.set_item(intern!(py, "wsgi.input"), Bound::new(py, InputStream::new(req.body))?)?;
+    env.set_item(intern!(py, "wsgi.input"), Bound::new(py, InputStream::new(body))?)?;
     let check = Bound::new(py, DisconnectCheck { conn: conn.clone() })?;
     env.set_item(intern!(py, "waitress.client_disconnected"), &check)?;
     env.set_item(intern!(py, "rswaitress.client_disconnected"), &check)?;

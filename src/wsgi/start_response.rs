@@ -8,7 +8,7 @@ use pyo3::exceptions::{PyAssertionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 
-use crate::connection::Conn;
+use crate::connection::{Conn, ConnState};
 use crate::http::response::{self, build_head, chunk_header, Framing, RequestSide};
 use crate::reactor::Shared;
 use crate::wsgi::file_wrapper::FileRegion;
@@ -86,7 +86,7 @@ impl Response {
             return Err(PyRuntimeError::new_err("start_response was not called before body written"));
         }
         if self.disconnected {
-            return Err(ClientDisconnected::new_err("client disconnected"));
+            return Err(self.lost());
         }
         let head = if self.framing.is_none() { Some(self.head_bytes()) } else { None };
         let framing = self.framing.unwrap();
@@ -144,33 +144,8 @@ impl Response {
     /// Puts bytes on the connection; waits (without the GIL) while more than
     /// outbuf_high_watermark bytes are waiting for the client.
     fn send(&mut self, py: Python<'_>, parts: &[&[u8]]) -> PyResult<()> {
-        let shared = &self.shared;
-        let conn = &self.conn;
-        let pending = {
-            let mut st = conn.st.lock();
-            if st.closed {
-                None
-            } else {
-                match st.send(&conn.sock, parts) {
-                    Ok(left) => {
-                        if left > 0 && !st.write_armed {
-                            shared.arm(conn, &mut st, true);
-                        }
-                        Some(left)
-                    }
-                    Err(e) => {
-                        shared.log_socket_error("writing a response", &e);
-                        shared.close_locked(conn, &mut st);
-                        None
-                    }
-                }
-            }
-        };
-        let Some(pending) = pending else {
-            self.disconnected = true;
-            self.close = true;
-            return Err(ClientDisconnected::new_err("client disconnected"));
-        };
+        let pending = self.put("writing a response", |st, sock| st.send(sock, parts))?;
+        let (shared, conn) = (&self.shared, &self.conn);
         let high = shared.cfg.outbuf_high_watermark as u64;
         if pending > high {
             let still_open = py.allow_threads(|| {
@@ -181,12 +156,47 @@ impl Response {
                 !st.closed
             });
             if !still_open {
-                self.disconnected = true;
-                self.close = true;
-                return Err(ClientDisconnected::new_err("client disconnected"));
+                return Err(self.lost());
             }
         }
         Ok(())
+    }
+
+    /// Runs `op` on the open connection (queueing and sending output), registers for
+    /// writability when output is left waiting, and returns how much is. A closed
+    /// connection or a socket error ends the response as disconnected.
+    fn put(
+        &mut self,
+        what: &str,
+        op: impl FnOnce(&mut ConnState, &socket2::Socket) -> std::io::Result<u64>,
+    ) -> PyResult<u64> {
+        let (shared, conn) = (&self.shared, &self.conn);
+        let mut st = conn.st.lock();
+        if st.closed {
+            drop(st);
+            return Err(self.lost());
+        }
+        match op(&mut st, &conn.sock) {
+            Ok(left) => {
+                if left > 0 && !st.write_armed {
+                    shared.arm(conn, &mut st, true);
+                }
+                Ok(left)
+            }
+            Err(e) => {
+                shared.log_socket_error(what, &e);
+                shared.close_locked(conn, &mut st);
+                drop(st);
+                Err(self.lost())
+            }
+        }
+    }
+
+    /// Marks the client gone; the error to raise into the application.
+    fn lost(&mut self) -> PyErr {
+        self.disconnected = true;
+        self.close = true;
+        ClientDisconnected::new_err("client disconnected")
     }
 
     /// A wrapped file of `len` bytes is sent: it sets Content-Length, replacing the
@@ -212,28 +222,11 @@ impl Response {
         if self.is_head || !framing.has_body || size == 0 {
             return Ok(());
         }
-        let mut st = self.conn.st.lock();
-        if st.closed {
-            self.disconnected = true;
-            self.close = true;
-            return Err(ClientDisconnected::new_err("client disconnected"));
-        }
-        st.out.push_file(region.file, region.offset, size);
-        match st.flush(&self.conn.sock) {
-            Ok(left) => {
-                if left > 0 && !st.write_armed {
-                    self.shared.arm(&self.conn, &mut st, true);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.shared.log_socket_error("sending a file", &e);
-                self.shared.close_locked(&self.conn, &mut st);
-                self.disconnected = true;
-                self.close = true;
-                Err(ClientDisconnected::new_err("client disconnected"))
-            }
-        }
+        self.put("sending a file", |st, sock| {
+            st.out.push_file(region.file, region.offset, size);
+            st.flush(sock)
+        })?;
+        Ok(())
     }
 
     /// The body piece as bytes, or a TypeError. As in Waitress, the head goes out before

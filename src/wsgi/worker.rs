@@ -72,16 +72,13 @@ fn finish(shared: &Shared, conn: &Conn, close: bool) -> Option<Request> {
 
 /// Serves one request; returns whether the connection must close afterwards.
 fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> bool {
-    let head = &req.head;
+    let Request { head, body } = req;
     let side = RequestSide {
         version: head.version,
         keep_alive: head.keep_alive,
         asked_keep_alive: head.asked_keep_alive,
     };
     let is_head = head.is_head();
-    // As Waitress logs it: the percent-decoded path, each byte one latin-1 character.
-    let path: String =
-        percent_decode(split_target(&head.uri).path).iter().map(|&b| b as char).collect();
     let resp = Response::new(ctx.shared.clone(), conn.clone(), side, is_head);
     let sr = match Bound::new(py, StartResponse { resp }) {
         Ok(sr) => sr,
@@ -90,7 +87,7 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
             return true;
         }
     };
-    let outcome = environ::build(py, &ctx.consts, conn, req)
+    let outcome = environ::build(py, &ctx.consts, conn, &head, body)
         .and_then(|env| ctx.app.bind(py).call1((env, &sr)))
         .and_then(|iterable| {
             let sent = send_body(py, &sr, &iterable);
@@ -102,6 +99,7 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
     let mut sr = sr.borrow_mut();
     let resp = &mut sr.resp;
     if let Err(err) = outcome {
+        let path = logged_path(&head.uri);
         if err.is_instance_of::<ClientDisconnected>(py) || resp.disconnected {
             let _ = ctx.logger.bind(py).call_method1(
                 intern!(py, "info"),
@@ -121,16 +119,11 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
         let page = error_response(&HttpError::new(500, body), side.version, &ctx.shared.cfg.ident);
         let mut st = conn.st.lock();
         if !st.closed {
-            match st.send(&conn.sock, &[&page]) {
-                Ok(left) => {
-                    if left > 0 {
-                        // finish() arms the poller for the rest through advance().
-                    }
-                }
-                Err(e) => {
-                    ctx.shared.log_socket_error("sending an error response", &e);
-                    ctx.shared.close_locked(conn, &mut st);
-                }
+            // What the socket does not take now is flushed once finish() hands the
+            // connection back (advance() arms the poller for it).
+            if let Err(e) = st.send(&conn.sock, &[&page]) {
+                ctx.shared.log_socket_error("sending an error response", &e);
+                ctx.shared.close_locked(conn, &mut st);
             }
         }
         return true;
@@ -145,6 +138,12 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
         }
     }
     resp.close
+}
+
+/// The request path as Waitress logs it: percent-decoded, each byte one latin-1 character.
+/// Built only when something is logged, off the normal request path.
+fn logged_path(uri: &[u8]) -> String {
+    percent_decode(split_target(uri).path).iter().map(|&b| b as char).collect()
 }
 
 /// `(type, value, traceback)` of an error, as `sys.exc_info()` gives it.
