@@ -317,3 +317,31 @@ def ipv6_loopback():
         pytest.skip("::1 cannot be bound here")
     return "::1"
 
+
+
+# Unix sockets, POSIX signals and /proc are not on every platform the suite runs on (the
+# GitHub workflow runs it on Windows and macOS too): tests whose code uses them are
+# skipped where the platform lacks them, rather than each one carrying its own guard.
+_NEEDS = {
+    "AF_UNIX": lambda: hasattr(socket, "AF_UNIX") and sys.platform != "win32",
+    "unix_socket": lambda: hasattr(socket, "AF_UNIX") and sys.platform != "win32",
+    "SIGINT": lambda: sys.platform != "win32",
+    "SIGTERM": lambda: sys.platform != "win32",
+    "/proc/": lambda: sys.platform.startswith("linux"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    missing = [word for word, present in _NEEDS.items() if not present()]
+    if not missing:
+        return
+    for item in items:
+        try:
+            source = inspect.getsource(item.function)
+        except (OSError, TypeError, AttributeError):
+            continue
+        used = [word for word in missing if word in source]
+        if used:
+            item.add_marker(pytest.mark.skip(reason=f"uses {', '.join(used)}: not on this platform"))

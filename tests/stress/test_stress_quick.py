@@ -25,6 +25,8 @@ import stresslib as L  # noqa: E402
 PER_STYLE = 300
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="counts descriptors and threads through /proc")
 @pytest.mark.timeout(60)
 def test_aborted_connections_leave_no_fds_or_threads():
     with L.ServerProcess(threads=4, connection_limit=2000) as srv:
