@@ -2,6 +2,7 @@
 //! close, header name casing and order, Server/Via/Date) are Waitress's, so that a
 //! client sees the same bytes from either server.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::time::SystemTime;
 
@@ -50,13 +51,13 @@ pub fn build_head(
     ident: &str,
 ) -> Framing {
     let has_body = status_has_body(status);
-    let mut headers: Vec<(String, &str)> = Vec::with_capacity(app_headers.len() + 4);
+    let mut headers: Vec<(Cow<'_, str>, &str)> = Vec::with_capacity(app_headers.len() + 4);
     let mut cl_header: Option<&str> = None;
     let mut has_date = false;
     let mut has_server = false;
     for (name, value) in app_headers {
         let name = recase(name);
-        match name.as_str() {
+        match &*name {
             "Content-Length" => {
                 if !has_body {
                     continue;
@@ -69,20 +70,13 @@ pub fn build_head(
         }
         headers.push((name, value));
     }
-    let mut content_length = known_length;
-    let mut length_text = String::new();
-    if cl_header.is_none() && has_body {
-        if let Some(n) = known_length {
-            length_text = n.to_string();
-        }
+    let content_length = known_length.filter(|_| has_body);
+    // The length learnt from the body, when the application gave no header for it.
+    let length_text = content_length.filter(|_| cl_header.is_none()).map(|n| n.to_string());
+    if let Some(text) = &length_text {
+        headers.push(("Content-Length".into(), text));
     }
-    if !length_text.is_empty() {
-        headers.push(("Content-Length".into(), &length_text));
-    }
-    let has_length = cl_header.is_some() || !length_text.is_empty();
-    if !has_body {
-        content_length = None;
-    }
+    let has_length = cl_header.is_some() || length_text.is_some();
 
     let mut close = false;
     let mut chunked = false;
@@ -153,7 +147,17 @@ fn push_latin1(out: &mut Vec<u8>, s: &str) {
 }
 
 /// `content-TYPE` -> `Content-Type`, as Python's str.capitalize() on each dash-part.
-fn recase(name: &str) -> String {
+/// A name already in that form (the usual case) is returned as it is, without copying.
+fn recase(name: &str) -> Cow<'_, str> {
+    let mut start = true;
+    let already = name.chars().all(|c| {
+        let same = if start { c.to_uppercase().eq([c]) } else { c.to_lowercase().eq([c]) };
+        start = c == '-';
+        same
+    });
+    if already {
+        return Cow::Borrowed(name);
+    }
     let mut out = String::with_capacity(name.len());
     let mut start = true;
     for c in name.chars() {
@@ -164,7 +168,7 @@ fn recase(name: &str) -> String {
         }
         start = c == '-';
     }
-    out
+    Cow::Owned(out)
 }
 
 /// The current time as an IMF-fixdate, formatted at most once a second per thread.
@@ -286,6 +290,8 @@ mod tests {
         assert_eq!(recase("content-TYPE"), "Content-Type");
         assert_eq!(recase("WWW-Authenticate"), "Www-Authenticate");
         assert_eq!(recase("x"), "X");
+        assert!(matches!(recase("Content-Type"), Cow::Borrowed(_)));
+        assert!(matches!(recase("Www-Authenticate"), Cow::Borrowed(_)));
     }
 
     #[test]

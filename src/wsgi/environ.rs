@@ -169,11 +169,9 @@ pub fn build<'py>(
                 latin1(py, &key)?
             }
         };
-        // A header never replaces a key the server set (HTTP_ names cannot collide with
-        // them, but CONTENT_* arriving twice were already joined).
-        if !env.contains(&pykey)? {
-            env.set_item(pykey, latin1(py, value)?)?;
-        }
+        // No header can replace a key the server set: HTTP_ names never match one, and
+        // each name occurs once (repeats were joined while parsing).
+        env.set_item(pykey, latin1(py, value)?)?;
     }
     let chunked = head.framing == crate::http::request::BodyFraming::Chunked;
     if chunked {
