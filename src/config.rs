@@ -27,6 +27,11 @@ pub struct Config {
     /// untrusted proxy headers is on (Waitress's default). When a proxy is trusted the
     /// Python proxy-headers middleware does this work instead.
     pub drop_proxy_headers: bool,
+    /// Accept HTTP/1.1 requests without a Host header (RFC 9112 says 400; Waitress
+    /// accepts them). Off by default.
+    pub allow_missing_host: bool,
+    /// How long a graceful stop waits for requests in progress before closing them.
+    pub graceful_timeout: Duration,
 }
 
 impl Default for Config {
@@ -50,6 +55,8 @@ impl Default for Config {
             recv_bytes: 65_536,
             server_name: "waitress.invalid".into(),
             drop_proxy_headers: true,
+            allow_missing_host: false,
+            graceful_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -89,6 +96,8 @@ impl Config {
             drop_proxy_headers: adj.getattr("trusted_proxy")?.is_none()
                 && get_bool("clear_untrusted_proxy_headers")?
                 && !get_bool("log_untrusted_proxy_headers")?,
+            allow_missing_host: get_bool("allow_missing_host")?,
+            graceful_timeout: secs(get_f64("graceful_timeout")?),
         })
     }
 }

@@ -44,6 +44,51 @@ def _prepare_socket(sock, adj):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
 
+class _SignalWakeup:
+    """A socket pair whose writing end is ``signal.set_wakeup_fd``'s: a signal then wakes
+    the thread waiting in the core's run() at once (the handler itself runs when that
+    thread takes the GIL). Only on the main thread, and only when no one else (an asyncio
+    loop, say) has set a wakeup descriptor already."""
+
+    def __init__(self, reader, writer):
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    def install(cls):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            reader, writer = socket.socketpair()
+        except OSError:
+            return None
+        reader.setblocking(False)
+        writer.setblocking(False)
+        try:
+            previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            reader.close()
+            writer.close()
+            return None
+        if previous != -1:
+            signal.set_wakeup_fd(previous)
+            reader.close()
+            writer.close()
+            return None
+        return cls(reader, writer)
+
+    def fileno(self):
+        return self.reader.fileno()
+
+    def uninstall(self):
+        try:
+            signal.set_wakeup_fd(-1)
+        except (ValueError, OSError):
+            pass
+        self.reader.close()
+        self.writer.close()
+
+
 class _Listening:
     """One listening socket and what the environ and print_listen say about it."""
 
@@ -188,17 +233,21 @@ class BaseWSGIServer:
 
     def run(self):
         """Serves until close() is called or SIGINT/SIGTERM arrives, then finishes the
-        requests in progress and returns."""
+        requests in progress (within ``graceful_timeout``) and returns. A second signal
+        during that drain stops at once."""
         if self._closed:
             raise RuntimeError("this server was closed")
         self._running = True
         restore_sigterm = self._install_sigterm()
+        wakeup = _SignalWakeup.install()
         self._start_threads()
         try:
-            self._core.run()
+            self._core.run(wakeup.fileno() if wakeup else None, self._close_sockets)
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:
+            if wakeup is not None:
+                wakeup.uninstall()
             if restore_sigterm is not None:
                 signal.signal(signal.SIGTERM, restore_sigterm)
             self._core.close()
@@ -210,6 +259,7 @@ class BaseWSGIServer:
         """Stops a running server (from any thread) or releases an idle one's sockets."""
         self._core.close()
         if not self._running:
+            self._core.release()
             self._close_sockets()
 
     def _install_sigterm(self):

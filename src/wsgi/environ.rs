@@ -14,7 +14,7 @@ use crate::wsgi::input::InputStream;
 /// `waitress.client_disconnected` / `rswaitress.client_disconnected`: tells a long-running
 /// application whether its client has gone. It can only know when the server reads ahead
 /// while the request is served (channel_request_lookahead > 0) or a write has failed.
-#[pyclass(module = "rswaitress._core", name = "ClientDisconnectedCheck")]
+#[pyclass(module = "rswaitress._core", name = "ClientDisconnectedCheck", frozen)]
 pub struct DisconnectCheck {
     conn: std::sync::Arc<Conn>,
 }
@@ -23,7 +23,7 @@ pub struct DisconnectCheck {
 impl DisconnectCheck {
     fn __call__(&self) -> bool {
         let st = self.conn.st.lock();
-        st.closed || st.eof
+        st.is_closed() || st.peer_closed
     }
 }
 
@@ -148,11 +148,11 @@ pub fn build<'py>(
     env.set_item(intern!(py, "wsgi.errors"), consts.sys.bind(py).getattr(intern!(py, "stderr"))?)?;
 
     let mut key = Vec::with_capacity(64);
-    for (name, value) in &head.headers {
-        if consts.drop_proxy_headers && PROXY_HEADERS.contains(&name.as_slice()) {
+    for (name, value) in head.headers() {
+        if consts.drop_proxy_headers && PROXY_HEADERS.contains(&name) {
             continue;
         }
-        let pykey = match name.as_slice() {
+        let pykey = match name {
             b"CONTENT_TYPE" => intern!(py, "CONTENT_TYPE").clone(),
             b"CONTENT_LENGTH" => intern!(py, "CONTENT_LENGTH").clone(),
             b"HOST" => intern!(py, "HTTP_HOST").clone(),

@@ -1,6 +1,10 @@
 //! The loop each pool thread runs: wait for a request without the GIL, then build the
 //! environ, call the application, send what it returns, and always close its iterable.
+//!
+//! A fault in the Rust code serving one request (a panic) is caught here: the request's
+//! connection is closed and logged, and the thread goes on with the next request.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -8,15 +12,17 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
+use crate::connection::phase::{Event, Phase};
 use crate::connection::{Conn, Request};
-use crate::http::response::{error_response, RequestSide};
 use crate::http::request::{percent_decode, split_target};
+use crate::http::response::{error_response, RequestSide};
 use crate::http::HttpError;
 use crate::logging;
-use crate::reactor::{Next, Shared};
+use crate::reactor::Shared;
 use crate::wsgi::environ::{self, EnvConsts};
 use crate::wsgi::file_wrapper::{inspect, FileWrapper, Wrapped};
-use crate::wsgi::start_response::{ClientDisconnected, Response, StartResponse};
+use crate::wsgi::response::Response;
+use crate::wsgi::start_response::{expect_bytes, settle, write_bytes, ClientDisconnected, StartResponse};
 
 /// What a worker needs besides the task.
 pub struct WorkerCtx {
@@ -35,6 +41,7 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
         let task = match shared.tasks_rx.try_recv() {
             Ok(task) => Ok(task),
             Err(_) => {
+                let _ = logging::deliver(py);
                 shared.idle_workers.fetch_add(1, Ordering::Relaxed);
                 let task = py.allow_threads(|| shared.tasks_rx.recv());
                 shared.idle_workers.fetch_sub(1, Ordering::Relaxed);
@@ -43,44 +50,52 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
         };
         let Ok(Some(task)) = task else { break };
         let conn = task.conn;
-        let mut next = Some(task.req);
+        let mut next = take(shared, &conn, task.req);
         while let Some(req) = next.take() {
-            let close = serve(py, ctx, &conn, req);
+            let close = match catch_unwind(AssertUnwindSafe(|| serve(py, ctx, &conn, req))) {
+                Ok(close) => close,
+                Err(_) => {
+                    log::error!(target: "rswaitress",
+                        "internal error while serving a request from {}; its connection was closed", conn.remote_addr);
+                    let mut st = conn.st.lock();
+                    shared.close(&conn, &mut st);
+                    true
+                }
+            };
             next = finish(shared, &conn, close);
         }
-        // Signal handlers run only on the main thread, so nothing to carry over here.
-        let _ = logging::deliver(py);
+        if logging::pending() {
+            let _ = logging::deliver(py);
+        }
     }
 }
 
-/// Hands the connection back after a response: the next pipelined request if one is
-/// complete (served by this worker at once), or to the reactor.
+/// Takes a queued request for this thread, unless its connection was closed meanwhile
+/// (a timeout, a stop, a client that left).
+fn take(shared: &Shared, conn: &Conn, req: Request) -> Option<Request> {
+    let mut st = conn.st.lock();
+    if st.phase != Phase::Queued {
+        return None;
+    }
+    shared.apply(conn, &mut st, Event::Taken);
+    Some(req)
+}
+
+/// Hands the connection back after a response: returns the next pipelined request if
+/// one is complete (served by this thread at once), or leaves it to the reactor.
 fn finish(shared: &Shared, conn: &Conn, close: bool) -> Option<Request> {
     let mut st = conn.st.lock();
-    st.busy = false;
-    if close {
-        st.close_after_flush = true;
-    }
-    match shared.advance(conn, &mut st) {
-        Next::Serve(req) => {
-            st.busy = true;
-            Some(req)
-        }
-        Next::Wait | Next::Closed => None,
-    }
+    let ready = shared.apply(conn, &mut st, Event::ResponseDone { close })?;
+    shared.apply(conn, &mut st, Event::Taken);
+    Some(ready)
 }
 
 /// Serves one request; returns whether the connection must close afterwards.
 fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> bool {
-    let Request { head, body } = req;
-    let side = RequestSide {
-        version: head.version,
-        keep_alive: head.keep_alive,
-        asked_keep_alive: head.asked_keep_alive,
-    };
-    let is_head = head.is_head();
-    let resp = Response::new(ctx.shared.clone(), conn.clone(), side, is_head);
-    let sr = match Bound::new(py, StartResponse { resp }) {
+    let Request { head, body, .. } = req;
+    let side = RequestSide { version: head.version, keep_alive: head.keep_alive, asked_keep_alive: head.asked_keep_alive };
+    let resp = Response::new(ctx.shared.clone(), conn.clone(), side, head.is_head());
+    let sr = match Bound::new(py, StartResponse::new(resp)) {
         Ok(sr) => sr,
         Err(e) => {
             e.print(py);
@@ -90,15 +105,19 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
     let outcome = environ::build(py, &ctx.consts, conn, &head, body)
         .and_then(|env| ctx.app.bind(py).call1((env, &sr)))
         .and_then(|iterable| {
-            let sent = send_body(py, &sr, &iterable);
+            let sent = send_body(py, sr.get(), &iterable);
             let closed = close_iterable(py, &iterable);
             sent.and(closed)
         })
-        .and_then(|_| sr.borrow_mut().resp.finish(py));
+        .and_then(|_| {
+            let mut resp = sr.get().lock(py);
+            let flow = resp.finish();
+            settle(py, &mut resp, flow)
+        });
 
-    let mut sr = sr.borrow_mut();
-    let resp = &mut sr.resp;
+    let mut resp = sr.get().lock(py);
     if let Err(err) = outcome {
+        resp.abandon();
         let path = logged_path(&head.uri);
         if err.is_instance_of::<ClientDisconnected>(py) || resp.disconnected {
             let _ = ctx.logger.bind(py).call_method1(
@@ -118,18 +137,18 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
         };
         let page = error_response(&HttpError::new(500, body), side.version, &ctx.shared.cfg.ident);
         let mut st = conn.st.lock();
-        if !st.closed {
-            // What the socket does not take now is flushed once finish() hands the
-            // connection back (advance() arms the poller for it).
-            if let Err(e) = st.send(&conn.sock, &[&page]) {
+        if st.phase == Phase::Serving {
+            // What the socket does not take now is flushed by the reactor once finish()
+            // hands the connection back.
+            if let Err(e) = st.send(&[&page]) {
                 ctx.shared.log_socket_error("sending an error response", &e);
-                ctx.shared.close_locked(conn, &mut st);
+                ctx.shared.close(conn, &mut st);
             }
         }
         return true;
     }
-    if let (Some(cl), false) = (resp.content_length, is_head) {
-        let has_body = resp.framing.map_or(false, |f| f.has_body && !f.chunked);
+    if let (Some(cl), false) = (resp.content_length, resp.is_head) {
+        let has_body = resp.framing.is_some_and(|f| f.has_body && !f.chunked);
         if has_body && resp.bytes_written != cl {
             log::warn!(target: "rswaitress",
                 "application returned too few bytes ({}) for specified Content-Length ({}) via app_iter",
@@ -147,19 +166,19 @@ fn logged_path(uri: &[u8]) -> String {
 }
 
 /// `(type, value, traceback)` of an error, as `sys.exc_info()` gives it.
-fn exc_info<'py>(py: Python<'py>, err: &PyErr) -> Bound<'py, pyo3::types::PyTuple> {
+fn exc_info<'py>(py: Python<'py>, err: &PyErr) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
     let tb: PyObject = match err.traceback(py) {
         Some(tb) => tb.into_any().unbind(),
         None => py.None(),
     };
     pyo3::types::PyTuple::new(py, [err.get_type(py).into_any().unbind(), err.value(py).clone().into_any().unbind(), tb])
-        .expect("a 3-tuple")
 }
 
 /// Logs `msg` at ERROR with the error's traceback, as logger.exception() would.
 fn log_exception(py: Python<'_>, logger: &PyObject, msg: &str, err: &PyErr) {
     let kwargs = pyo3::types::PyDict::new(py);
-    if kwargs.set_item(intern!(py, "exc_info"), exc_info(py, err)).is_ok() {
+    let Ok(info) = exc_info(py, err) else { return };
+    if kwargs.set_item(intern!(py, "exc_info"), info).is_ok() {
         let _ = logger.bind(py).call_method(intern!(py, "error"), (msg,), Some(&kwargs));
     }
 }
@@ -167,7 +186,7 @@ fn log_exception(py: Python<'_>, logger: &PyObject, msg: &str, err: &PyErr) {
 fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
     let formatted = (|| -> PyResult<String> {
         let tb = py.import("traceback")?;
-        let lines = tb.call_method1("format_exception", exc_info(py, err))?;
+        let lines = tb.call_method1("format_exception", exc_info(py, err)?)?;
         let joined = pyo3::types::PyString::new(py, "").call_method1("join", (lines,))?;
         joined.extract()
     })();
@@ -176,12 +195,18 @@ fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
 
 /// Sends the application's body: a wrapped file as a file, a list item by item, any
 /// other iterable as it yields.
-fn send_body(py: Python<'_>, sr: &Bound<'_, StartResponse>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+fn send_body(py: Python<'_>, sr: &StartResponse, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
     if let Ok(fw) = iterable.downcast::<FileWrapper>() {
-        if sr.borrow().resp.status.is_some() {
-            match inspect(py, &fw.borrow()) {
-                Wrapped::File(region) => return sr.borrow_mut().resp.send_file(py, region),
-                Wrapped::Seekable { len } => return send_seekable(py, sr, &fw.borrow(), len),
+        let started = sr.lock(py).status.is_some();
+        if started {
+            match inspect(py, fw.get()) {
+                Wrapped::File(region) => {
+                    let mut resp = sr.lock(py);
+                    let resp = &mut *resp;
+                    let flow = py.allow_threads(|| resp.send_file(region));
+                    return settle(py, resp, flow);
+                }
+                Wrapped::Seekable { len } => return send_seekable(py, sr, fw.get(), len),
                 Wrapped::Stream => {}
             }
         }
@@ -213,41 +238,34 @@ fn send_body(py: Python<'_>, sr: &Bound<'_, StartResponse>, iterable: &Bound<'_,
 
 /// A seekable file-like without a descriptor: exactly its remaining bytes (or the
 /// application's smaller Content-Length), read block by block.
-fn send_seekable(py: Python<'_>, sr: &Bound<'_, StartResponse>, fw: &FileWrapper, len: u64) -> PyResult<()> {
-    let mut left = sr.borrow_mut().resp.set_file_length(len);
+fn send_seekable(py: Python<'_>, sr: &StartResponse, fw: &FileWrapper, len: u64) -> PyResult<()> {
+    let mut left = sr.lock(py).set_file_length(len);
     let f = fw.filelike.bind(py);
     while left > 0 {
         let want = left.min(fw.block_size as u64);
         let block = f.call_method1(intern!(py, "read"), (want,))?;
-        let mut me = sr.borrow_mut();
-        let data = me.resp.expect_bytes(py, &block)?.as_bytes();
+        let mut resp = sr.lock(py);
+        let data = expect_bytes(py, &mut resp, &block)?.as_bytes();
         if data.is_empty() {
             break;
         }
         let take = data.len().min(left as usize);
         left -= take as u64;
-        me.resp.write(py, &data[..take])?;
+        write_bytes(py, &mut resp, &data[..take])?;
     }
     Ok(())
 }
 
-fn write_chunk(
-    py: Python<'_>,
-    sr: &Bound<'_, StartResponse>,
-    item: &Bound<'_, PyAny>,
-    first: bool,
-    only: bool,
-) -> PyResult<()> {
-    let mut me = sr.borrow_mut();
-    let resp = &mut me.resp;
-    let data = resp.expect_bytes(py, item)?.as_bytes();
+fn write_chunk(py: Python<'_>, sr: &StartResponse, item: &Bound<'_, PyAny>, first: bool, only: bool) -> PyResult<()> {
+    let mut resp = sr.lock(py);
+    let data = expect_bytes(py, &mut resp, item)?.as_bytes();
     if first && only && resp.content_length.is_none() && resp.status.is_some() && !resp.wrote_header() {
         resp.content_length = Some(data.len() as u64);
     }
     if data.is_empty() {
         return Ok(());
     }
-    resp.write(py, data)
+    write_bytes(py, &mut resp, data)
 }
 
 fn close_iterable(py: Python<'_>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
