@@ -73,7 +73,11 @@ impl Config {
         let get_bool = |name: &str| -> PyResult<bool> { adj.getattr(name)?.is_truthy() };
         let get_str = |name: &str| -> PyResult<String> {
             let v = adj.getattr(name)?;
-            if v.is_none() { Ok(String::new()) } else { v.extract::<String>() }
+            if v.is_none() {
+                Ok(String::new())
+            } else {
+                v.extract::<String>()
+            }
         };
         Ok(Config {
             threads: get_usize("threads")?.max(1),

@@ -54,7 +54,12 @@ impl Server {
     /// `listeners` are `(fd, server_port, is_unix)`: listening sockets the caller keeps
     /// open for the duration of this call (the core works on duplicates).
     #[new]
-    fn new(py: Python<'_>, app: PyObject, listeners: Vec<(i64, String, bool)>, adj: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        app: PyObject,
+        listeners: Vec<(i64, String, bool)>,
+        adj: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
         let cfg = Config::from_adjustments(adj)?;
         let mut adopted = Vec::with_capacity(listeners.len());
         for (fd, server_port, is_unix) in listeners {
@@ -62,11 +67,8 @@ impl Server {
                 .map_err(|e| PyOSError::new_err(format!("cannot serve on descriptor {fd}: {e}")))?;
             adopted.push(l);
         }
-        let ident: PyObject = if cfg.ident.is_empty() {
-            py.None()
-        } else {
-            PyString::new(py, &cfg.ident).into_any().unbind()
-        };
+        let ident: PyObject =
+            if cfg.ident.is_empty() { py.None() } else { PyString::new(py, &cfg.ident).into_any().unbind() };
         let mut consts = EnvConsts {
             wsgi_version: PyTuple::new(py, [1, 0])?.into_any().unbind(),
             ident,

@@ -142,7 +142,11 @@ pub fn deliver(py: Python<'_>) -> PyResult<()> {
             emit(&target, python_level(level), msg);
         }
         if dropped > 0 {
-            emit("rswaitress", 30, format!("{dropped} log records were dropped while the log queue was full"));
+            emit(
+                "rswaitress",
+                30,
+                format!("{dropped} log records were dropped while the log queue was full"),
+            );
         }
     }
     interrupt.map_or(Ok(()), Err)

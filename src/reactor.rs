@@ -191,7 +191,9 @@ impl Shared {
             // Read ahead while a request is served only with channel_request_lookahead
             // (to notice a client that left), and only so far.
             Phase::Queued | Phase::Serving => {
-                self.cfg.channel_request_lookahead > 0 && !st.peer_closed && st.input.len() < self.lookahead_bytes()
+                self.cfg.channel_request_lookahead > 0
+                    && !st.peer_closed
+                    && st.input.len() < self.lookahead_bytes()
             }
             // After an error answer the client may still be sending: keep reading (and
             // dropping) so that neither side blocks.

@@ -39,7 +39,12 @@ enum Reader {
     Head(HeadScanner),
     /// `raw` counts the body bytes received with their framing: Waitress counts chunked
     /// bodies that way against max_request_body_size.
-    Body { head: RequestHead, decoder: BodyDecoder, spool: Spool, raw: u64 },
+    Body {
+        head: Box<RequestHead>,
+        decoder: BodyDecoder,
+        spool: Spool,
+        raw: u64,
+    },
 }
 
 /// What parsing the buffered input gave.
@@ -215,7 +220,8 @@ impl ConnState {
 
     /// Parses as much of the input as makes one request.
     pub fn parse(&mut self, cfg: &Config) -> Parsed {
-        let rules = HeadRules { max_size: cfg.max_request_header_size, require_host: !cfg.allow_missing_host };
+        let rules =
+            HeadRules { max_size: cfg.max_request_header_size, require_host: !cfg.allow_missing_host };
         loop {
             match &mut self.reader {
                 Reader::Head(scanner) => {
@@ -232,7 +238,11 @@ impl ConnState {
                     };
                     let decoder = match head.framing {
                         BodyFraming::None | BodyFraming::Length(0) => {
-                            return Parsed::Request(Request { head, body: Spool::new(0), ready_at: Instant::now() });
+                            return Parsed::Request(Request {
+                                head,
+                                body: Spool::new(0),
+                                ready_at: Instant::now(),
+                            });
                         }
                         BodyFraming::Length(n) => {
                             if n >= cfg.max_request_body_size {
@@ -262,7 +272,7 @@ impl ConnState {
                             return Parsed::Error(e, head.version);
                         }
                     };
-                    self.reader = Reader::Body { head, decoder, spool, raw: 0 };
+                    self.reader = Reader::Body { head: Box::new(head), decoder, spool, raw: 0 };
                 }
                 Reader::Body { head, decoder, spool, raw } => {
                     if !self.input.is_empty() {
@@ -290,7 +300,7 @@ impl ConnState {
                     }
                     let state = std::mem::replace(&mut self.reader, Reader::Head(HeadScanner::default()));
                     let Reader::Body { head, spool, .. } = state else { unreachable!() };
-                    return Parsed::Request(Request { head, body: spool, ready_at: Instant::now() });
+                    return Parsed::Request(Request { head: *head, body: spool, ready_at: Instant::now() });
                 }
             }
         }

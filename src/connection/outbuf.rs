@@ -19,9 +19,17 @@ pub struct OutBuf {
 }
 
 enum Seg {
-    Mem { data: Vec<u8>, pos: usize },
+    Mem {
+        data: Vec<u8>,
+        pos: usize,
+    },
     /// `len` bytes of `file` from `offset`; `spill` files are ours to append to.
-    File { file: File, offset: u64, len: u64, spill: bool },
+    File {
+        file: File,
+        offset: u64,
+        len: u64,
+        spill: bool,
+    },
 }
 
 impl OutBuf {
@@ -98,23 +106,21 @@ impl OutBuf {
                     sent += n as u64;
                     self.consume_mem(n);
                 }
-                Seg::File { file, offset, len, .. } => {
-                    match send_file(sock, file, *offset, *len) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => {
-                            sent += n as u64;
-                            *offset += n as u64;
-                            *len -= n as u64;
-                            self.pending -= n as u64;
-                            if *len == 0 {
-                                self.segs.pop_front();
-                            }
+                Seg::File { file, offset, len, .. } => match send_file(sock, file, *offset, *len) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        sent += n as u64;
+                        *offset += n as u64;
+                        *len -= n as u64;
+                        self.pending -= n as u64;
+                        if *len == 0 {
+                            self.segs.pop_front();
                         }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(sent),
-                        Err(e) => return Err(e),
                     }
-                }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(sent),
+                    Err(e) => return Err(e),
+                },
             }
         }
         Ok(sent)

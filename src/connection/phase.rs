@@ -214,8 +214,10 @@ mod tests {
         assert_eq!(step(P::Reading, E::RequestComplete, NONE), (P::Queued, A::Dispatch));
         assert_eq!(step(P::Queued, E::Taken, NONE), (P::Serving, A::Nothing));
         assert_eq!(step(P::Serving, E::ResponseDone { close: false }, NONE), (P::Reading, A::ParseNext));
-        assert_eq!(step(P::Serving, E::ResponseDone { close: false }, PENDING),
-                   (P::Flushing(After::KeepAlive), A::AwaitWritable));
+        assert_eq!(
+            step(P::Serving, E::ResponseDone { close: false }, PENDING),
+            (P::Flushing(After::KeepAlive), A::AwaitWritable)
+        );
         assert_eq!(step(P::Flushing(After::KeepAlive), E::Drained, NONE), (P::Reading, A::ParseNext));
     }
 
@@ -229,8 +231,10 @@ mod tests {
     #[test]
     fn close_after_response() {
         assert_eq!(step(P::Serving, E::ResponseDone { close: true }, NONE), (P::Closed, A::Close));
-        assert_eq!(step(P::Serving, E::ResponseDone { close: true }, PENDING),
-                   (P::Flushing(After::Close), A::AwaitWritable));
+        assert_eq!(
+            step(P::Serving, E::ResponseDone { close: true }, PENDING),
+            (P::Flushing(After::Close), A::AwaitWritable)
+        );
         assert_eq!(step(P::Flushing(After::Close), E::Drained, NONE), (P::Closed, A::Close));
         // Draining turns keep-alive into close, before or after the flush.
         assert_eq!(step(P::Serving, E::ResponseDone { close: false }, STOPPING), (P::Closed, A::Close));
@@ -256,14 +260,23 @@ mod tests {
         assert_eq!(step(P::Reading, E::RequestComplete, EOF), (P::Queued, A::Dispatch));
         assert_eq!(step(P::Serving, E::PeerClosed, NONE), (P::Serving, A::Nothing));
         assert_eq!(step(P::Queued, E::PeerClosed, NONE), (P::Queued, A::Nothing));
-        assert_eq!(step(P::Flushing(After::KeepAlive), E::PeerClosed, NONE),
-                   (P::Flushing(After::KeepAlive), A::Nothing));
+        assert_eq!(
+            step(P::Flushing(After::KeepAlive), E::PeerClosed, NONE),
+            (P::Flushing(After::KeepAlive), A::Nothing)
+        );
     }
 
     #[test]
     fn failures_and_aborts_close_from_anywhere() {
-        let phases = [P::Reading, P::Queued, P::Serving, P::Flushing(After::KeepAlive),
-                      P::Flushing(After::Close), P::Flushing(After::Linger), P::Lingering];
+        let phases = [
+            P::Reading,
+            P::Queued,
+            P::Serving,
+            P::Flushing(After::KeepAlive),
+            P::Flushing(After::Close),
+            P::Flushing(After::Linger),
+            P::Lingering,
+        ];
         for p in phases {
             assert_eq!(step(p, E::Failed, NONE), (P::Closed, A::Close), "{p:?}");
             assert_eq!(step(p, E::Abort, NONE), (P::Closed, A::Close), "{p:?}");

@@ -65,7 +65,12 @@ impl Spool {
 
     /// Receives up to `want` bytes of body from `sock` into the spool: straight into the
     /// reserved memory when it has room, else through `scratch`. Ok(0) is end of stream.
-    pub fn recv_from(&mut self, sock: &socket2::Socket, want: usize, scratch: &mut [u8]) -> io::Result<usize> {
+    pub fn recv_from(
+        &mut self,
+        sock: &socket2::Socket,
+        want: usize,
+        scratch: &mut [u8],
+    ) -> io::Result<usize> {
         if self.file.is_none() && self.mem.capacity() - self.mem.len() >= want {
             let spare = &mut self.mem.spare_capacity_mut()[..want];
             let n = sock.recv(spare)?;
@@ -139,7 +144,9 @@ enum ChunkState {
     /// At the start of a trailer line (or of the final blank line).
     TrailerStart,
     TrailerLine,
-    TrailerLf { blank: bool },
+    TrailerLf {
+        blank: bool,
+    },
     Done,
 }
 
@@ -179,18 +186,12 @@ impl BodyDecoder {
     }
 
     pub fn chunked() -> Self {
-        BodyDecoder::Chunked(Chunked {
-            state: ChunkState::SizeLine,
-            line: Vec::new(),
-            trailer_bytes: 0,
-        })
+        BodyDecoder::Chunked(Chunked { state: ChunkState::SizeLine, line: Vec::new(), trailer_bytes: 0 })
     }
 
     /// Feeds raw bytes; decoded body bytes go to `out`. `max_body` bounds the decoded size
     /// (413 past it). Bytes after the end of the body are left unconsumed.
-    pub fn feed(&mut self, data: &[u8], out: &mut Spool, max_body: u64)
-        -> Result<Progress, HttpError>
-    {
+    pub fn feed(&mut self, data: &[u8], out: &mut Spool, max_body: u64) -> Result<Progress, HttpError> {
         match self {
             BodyDecoder::Length { remaining } => {
                 let take = (*remaining).min(data.len() as u64) as usize;
@@ -212,9 +213,7 @@ fn bad(msg: &str) -> HttpError {
 }
 
 impl Chunked {
-    fn feed(&mut self, data: &[u8], out: &mut Spool, max_body: u64)
-        -> Result<Progress, HttpError>
-    {
+    fn feed(&mut self, data: &[u8], out: &mut Spool, max_body: u64) -> Result<Progress, HttpError> {
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
@@ -324,10 +323,8 @@ fn parse_chunk_line(line: &[u8]) -> Result<u64, HttpError> {
     let mut size: u64 = 0;
     for &b in &line[..digits] {
         let v = (b as char).to_digit(16).unwrap() as u64;
-        size = size
-            .checked_mul(16)
-            .and_then(|s| s.checked_add(v))
-            .ok_or_else(|| bad("Chunk size too large"))?;
+        size =
+            size.checked_mul(16).and_then(|s| s.checked_add(v)).ok_or_else(|| bad("Chunk size too large"))?;
     }
     let rest = &line[digits..];
     if !rest.is_empty() && !matches!(rest[0], b';' | b' ' | b'\t') {
@@ -370,8 +367,16 @@ fn check_extensions(mut ext: &[u8]) -> Result<(), HttpError> {
                             Some(&c) if c == b'\t' || (0x20..=0x7e).contains(&c) || c >= 0x80 => i += 2,
                             _ => return Err(invalid()),
                         },
-                        Some(&c) if c == b'\t' || c == b' ' || c == 0x21 || (0x23..=0x5b).contains(&c)
-                            || (0x5d..=0x7e).contains(&c) || c >= 0x80 => i += 1,
+                        Some(&c)
+                            if c == b'\t'
+                                || c == b' '
+                                || c == 0x21
+                                || (0x23..=0x5b).contains(&c)
+                                || (0x5d..=0x7e).contains(&c)
+                                || c >= 0x80 =>
+                        {
+                            i += 1
+                        }
                         Some(_) => return Err(invalid()),
                     }
                 }
@@ -441,7 +446,8 @@ mod tests {
             b"5\t;\ta = b\r\nhello\r\n0\r\n\r\n",
             b"5;a= \"q\" ; b\r\nhello\r\n0 ; z\r\n\r\n",
         ] {
-            let (body, _) = decode_all(good, 1).unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(good)));
+            let (body, _) =
+                decode_all(good, 1).unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(good)));
             assert_eq!(body, b"hello");
         }
         for bad in [&b"5;a \r\nhello\r\n0\r\n\r\n"[..], b"5 \r\n", b"5 ; \r\n", b"5;a=\r\n", b"5;a b\r\n"] {

@@ -3,7 +3,9 @@
 //! request head keeps. Built for tests and with the `fuzzing` feature only.
 
 use super::body::{BodyDecoder, Spool};
-use super::request::{parse_content_length, take_head, BodyFraming, HeadRules, HeadScanner, RequestHead, TargetForm};
+use super::request::{
+    parse_content_length, take_head, BodyFraming, HeadRules, HeadScanner, RequestHead, TargetForm,
+};
 use super::{is_tchar, HttpError, InBuf, Version};
 
 /// Cut points from a seed (a small xorshift): `count` offsets in `0..=len`, as read ends.
@@ -114,8 +116,13 @@ pub type BodyOutcome = Result<(Vec<u8>, Option<usize>), u16>;
 /// read leaves unconsumed is offered again with the next one), checking the `feed`
 /// contract on the way: never more consumed than offered, everything consumed unless the
 /// body ended, and nothing consumed once it has.
-pub fn feed_body(mut dec: BodyDecoder, input: &[u8], ends: &[usize], spool_limit: usize,
-             max_body: u64) -> BodyOutcome {
+pub fn feed_body(
+    mut dec: BodyDecoder,
+    input: &[u8],
+    ends: &[usize],
+    spool_limit: usize,
+    max_body: u64,
+) -> BodyOutcome {
     let mut spool = Spool::new(spool_limit);
     let mut pos = 0;
     let mut done_at = None;

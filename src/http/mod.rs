@@ -7,9 +7,10 @@ pub mod body;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod harness;
 pub mod inbuf;
+#[cfg(test)]
+mod proptests;
 pub mod request;
 pub mod response;
-#[cfg(test)] mod proptests;
 
 use std::fmt;
 

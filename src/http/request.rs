@@ -60,10 +60,8 @@ impl HeadScanner {
                         return Ok(Scan::Complete(i + 1));
                     }
                 }
-                b'\r' => {
-                    if i + 1 < buf.len() && buf[i + 1] != b'\n' {
-                        return Err(HttpError::bad_request("Bare CR found in HTTP message"));
-                    }
+                b'\r' if i + 1 < buf.len() && buf[i + 1] != b'\n' => {
+                    return Err(HttpError::bad_request("Bare CR found in HTTP message"));
                 }
                 _ => {}
             }
@@ -214,9 +212,8 @@ pub fn parse_head(buf: &[u8], rules: &HeadRules) -> Result<RequestHead, HttpErro
             // Every header line ends with a line feed: that many slots are enough.
             let lines = buf.iter().filter(|&&b| b == b'\n').count();
             let mut many = vec![httparse::EMPTY_HEADER; lines];
-            parse_into(buf, &mut many, rules).map_err(|e| {
-                e.unwrap_or_else(|| HttpError::bad_request("HTTP message header invalid"))
-            })
+            parse_into(buf, &mut many, rules)
+                .map_err(|e| e.unwrap_or_else(|| HttpError::bad_request("HTTP message header invalid")))
         }
         other => other.map_err(|e| e.expect("only a full header array gives None")),
     }
@@ -234,9 +231,9 @@ pub fn claimed_version(buf: &[u8]) -> Version {
 }
 
 /// Parses with the given header array; `Err(None)` means the array was too small.
-fn parse_into<'h, 'b>(
+fn parse_into<'b>(
     buf: &'b [u8],
-    raw: &'h mut [httparse::Header<'b>],
+    raw: &mut [httparse::Header<'b>],
     rules: &HeadRules,
 ) -> Result<RequestHead, Option<HttpError>> {
     let mut req = httparse::Request::new(raw);
@@ -247,9 +244,7 @@ fn parse_into<'h, 'b>(
         }
         Err(httparse::Error::TooManyHeaders) => return Err(None),
         Err(httparse::Error::Version) => return Err(Some(version_error(buf))),
-        Err(httparse::Error::Token) if start_line_has_non_ascii(buf) => {
-            return Err(Some(non_ascii_target()))
-        }
+        Err(httparse::Error::Token) if start_line_has_non_ascii(buf) => return Err(Some(non_ascii_target())),
         Err(e) => return Err(Some(HttpError::bad_request(describe(e)))),
     }
     build(req, rules).map_err(Some)
@@ -483,9 +478,7 @@ fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHea
     let has_te = te.is_some();
     let framing = match (te, cl) {
         (Some(_), Some(_)) => {
-            return Err(HttpError::bad_request(
-                "Content-Length and Transfer-Encoding are mutually exclusive",
-            ))
+            return Err(HttpError::bad_request("Content-Length and Transfer-Encoding are mutually exclusive"))
         }
         (Some(_), None) if version == Version::Http10 => {
             return Err(HttpError::bad_request("Transfer-Encoding is not allowed in HTTP/1.0"))
@@ -609,7 +602,10 @@ fn version_error(buf: &[u8]) -> HttpError {
     // version this server does not speak; anything else is a malformed line.
     let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
     let v = if parts.len() == 3 && parts.iter().all(|p| !p.is_empty()) { parts[2] } else { b"" };
-    if v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.'
+    if v.len() == 8
+        && v.starts_with(b"HTTP/")
+        && v[5].is_ascii_digit()
+        && v[6] == b'.'
         && v[7].is_ascii_digit()
     {
         HttpError::new(505, format!("{} is not supported", String::from_utf8_lossy(v)))
@@ -833,8 +829,10 @@ mod tests {
 
     #[test]
     fn content_length_rules() {
-        assert_eq!(head("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n").unwrap().framing,
-                   BodyFraming::Length(12));
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n").unwrap().framing,
+            BodyFraming::Length(12)
+        );
         for bad in ["+12", "-1", "1 2", "0x10", "", "12, 12", "99999999999999999999999"] {
             let r = head(&format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {bad}\r\n\r\n"));
             assert_eq!(r.unwrap_err().code, 400, "{bad:?}");
@@ -853,10 +851,13 @@ mod tests {
         assert_eq!(te("chunked, identity").unwrap_err().code, 501);
         assert_eq!(te("chunked, chunked").unwrap_err().code, 400);
         assert_eq!(te("\"chunked\"").unwrap_err().code, 400);
-        assert_eq!(head("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
-            .unwrap_err().code, 400);
-        assert_eq!(head("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .unwrap_err().code, 400);
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(head("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err().code, 400);
     }
 
     #[test]
@@ -880,12 +881,24 @@ mod tests {
         assert_eq!((e.code, e.detail.as_str()), (400, "Host header is repeated"));
         let e = lenient("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err();
         assert_eq!(e.code, 400, "two Host lines are refused in any version");
-        for good in ["", "example.com", "example.com:8080", "127.0.0.1", "[::1]", "[::1]:80",
-                     "xn--bcher-kva.example", "a_b.example", "%41b", "h:"] {
+        for good in [
+            "",
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:80",
+            "xn--bcher-kva.example",
+            "a_b.example",
+            "%41b",
+            "h:",
+        ] {
             assert!(head(&format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n")).is_ok(), "{good:?}");
         }
-        for bad in ["a b", "a/b", "a@b", "a:b", "a:80:81", "[::1", "[]", "::1", "a%4", "a%zz",
-                    "[::1]x", "a\"b", "a?b", "a#b"] {
+        for bad in [
+            "a b", "a/b", "a@b", "a:b", "a:80:81", "[::1", "[]", "::1", "a%4", "a%zz", "[::1]x", "a\"b",
+            "a?b", "a#b",
+        ] {
             let e = head(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")).unwrap_err();
             assert_eq!((e.code, e.detail.as_str()), (400, "Host header is invalid"), "{bad:?}");
         }
@@ -909,7 +922,9 @@ mod tests {
 
     #[test]
     fn non_ascii_targets_are_refused() {
-        for raw in [&b"GET /\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n"[..], b"GET /\xff HTTP/1.1\r\nHost: h\r\n\r\n"] {
+        for raw in
+            [&b"GET /\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n"[..], b"GET /\xff HTTP/1.1\r\nHost: h\r\n\r\n"]
+        {
             let e = parse_head(raw, &RULES).unwrap_err();
             assert_eq!((e.code, e.detail.as_str()), (400, "Request target contains non-ASCII bytes"));
         }

@@ -77,8 +77,12 @@ impl EnvConsts {
 
 /// Headers only a trusted proxy may set (CGI names).
 const PROXY_HEADERS: [&[u8]; 6] = [
-    b"X_FORWARDED_FOR", b"X_FORWARDED_HOST", b"X_FORWARDED_PROTO", b"X_FORWARDED_PORT",
-    b"X_FORWARDED_BY", b"FORWARDED",
+    b"X_FORWARDED_FOR",
+    b"X_FORWARDED_HOST",
+    b"X_FORWARDED_PROTO",
+    b"X_FORWARDED_PORT",
+    b"X_FORWARDED_BY",
+    b"FORWARDED",
 ];
 
 /// A Python str from latin-1 bytes (every byte is one code point, as PEP 3333 wants).
@@ -138,10 +142,13 @@ pub fn build<'py>(
     env.set_item(intern!(py, "REMOTE_PORT"), PyString::new(py, &conn.remote_port))?;
     env.set_item(intern!(py, "REQUEST_METHOD"), PyString::new(py, &head.method))?;
     env.set_item(intern!(py, "SERVER_PORT"), PyString::new(py, &conn.listener.server_port))?;
-    env.set_item(intern!(py, "SERVER_PROTOCOL"), match head.version {
-        crate::http::Version::Http10 => intern!(py, "HTTP/1.0"),
-        crate::http::Version::Http11 => intern!(py, "HTTP/1.1"),
-    })?;
+    env.set_item(
+        intern!(py, "SERVER_PROTOCOL"),
+        match head.version {
+            crate::http::Version::Http10 => intern!(py, "HTTP/1.0"),
+            crate::http::Version::Http11 => intern!(py, "HTTP/1.1"),
+        },
+    )?;
     env.set_item(intern!(py, "PATH_INFO"), latin1(py, &path)?)?;
     env.set_item(intern!(py, "REQUEST_URI"), latin1(py, &head.uri)?)?;
     env.set_item(intern!(py, "QUERY_STRING"), latin1(py, target.query)?)?;

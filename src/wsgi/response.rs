@@ -93,7 +93,13 @@ impl Response {
     /// Records the status and headers (already checked by start_response). With
     /// `replace`, earlier headers are dropped (start_response called again with exc_info
     /// before anything was sent).
-    pub fn start(&mut self, status: String, headers: Vec<(String, String)>, content_length: Option<u64>, replace: bool) {
+    pub fn start(
+        &mut self,
+        status: String,
+        headers: Vec<(String, String)>,
+        content_length: Option<u64>,
+        replace: bool,
+    ) {
         if replace {
             self.headers.clear();
             self.content_length = None;
@@ -123,7 +129,8 @@ impl Response {
             // Draining: tell the client not to send another request on this connection.
             req.keep_alive = false;
         }
-        let framing = build_head(&mut head, req, status, &self.headers, self.content_length, &self.shared.cfg.ident);
+        let framing =
+            build_head(&mut head, req, status, &self.headers, self.content_length, &self.shared.cfg.ident);
         if framing.close {
             self.close = true;
         }
@@ -228,7 +235,11 @@ impl Response {
     /// Runs `op` on the open connection (queueing and sending output), registers for
     /// writability when output is left waiting, and returns how much is. A closed
     /// connection or a socket error ends the response as disconnected.
-    fn put(&mut self, what: &str, op: impl FnOnce(&mut ConnState) -> std::io::Result<u64>) -> Result<u64, WriteError> {
+    fn put(
+        &mut self,
+        what: &str,
+        op: impl FnOnce(&mut ConnState) -> std::io::Result<u64>,
+    ) -> Result<u64, WriteError> {
         let shared = &self.shared;
         let conn = &self.conn;
         let mut st = conn.st.lock();
@@ -324,7 +335,8 @@ mod tests {
     use crate::http::Version;
     use std::io::Read;
 
-    const V11: RequestSide = RequestSide { version: Version::Http11, keep_alive: true, asked_keep_alive: false };
+    const V11: RequestSide =
+        RequestSide { version: Version::Http11, keep_alive: true, asked_keep_alive: false };
 
     /// A connection in the Serving phase over a real socket pair, as a worker has it.
     fn serving(cfg: Config) -> (Arc<Shared>, Arc<Conn>, std::net::TcpStream) {

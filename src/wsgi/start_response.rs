@@ -46,11 +46,8 @@ pub fn write_error(e: WriteError) -> PyErr {
 /// Writes `data` on the response, releasing the GIL for what may block (a large piece,
 /// output queued behind a slow client, the wait for it to drain).
 pub fn write_bytes(py: Python<'_>, resp: &mut Response, data: &[u8]) -> PyResult<()> {
-    let flow = if resp.needs_io(data.len()) {
-        py.allow_threads(|| resp.write(data))
-    } else {
-        resp.write(data)
-    };
+    let flow =
+        if resp.needs_io(data.len()) { py.allow_threads(|| resp.write(data)) } else { resp.write(data) };
     settle(py, resp, flow)
 }
 
@@ -113,8 +110,11 @@ fn check_latin1(s: &str, what: &str) -> PyResult<()> {
     Ok(())
 }
 
+/// An application's headers, checked, and the Content-Length among them.
+type Headers = (Vec<(String, String)>, Option<u64>);
+
 /// Checks an application's headers; returns them and the Content-Length they carry.
-fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Vec<(String, String)>, Option<u64>)> {
+fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<Headers> {
     let mut parsed = Vec::new();
     let mut content_length = None;
     for item in headers.try_iter()? {
@@ -126,12 +126,18 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Vec<(String, String)>,
         };
         let Ok(ks) = k.downcast::<PyString>() else {
             return Err(PyAssertionError::new_err(format!(
-                "Header name {} is not a string in ({}, {})", k.repr()?, k.repr()?, v.repr()?
+                "Header name {} is not a string in ({}, {})",
+                k.repr()?,
+                k.repr()?,
+                v.repr()?
             )));
         };
         let Ok(vs) = v.downcast::<PyString>() else {
             return Err(PyAssertionError::new_err(format!(
-                "Header value {} is not a string in ({}, {})", v.repr()?, k.repr()?, v.repr()?
+                "Header value {} is not a string in ({}, {})",
+                v.repr()?,
+                k.repr()?,
+                v.repr()?
             )));
         };
         let (ks, vs) = (ks.to_cow()?, vs.to_cow()?);

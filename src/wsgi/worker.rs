@@ -93,7 +93,11 @@ fn finish(shared: &Shared, conn: &Conn, close: bool) -> Option<Request> {
 /// Serves one request; returns whether the connection must close afterwards.
 fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> bool {
     let Request { head, body, .. } = req;
-    let side = RequestSide { version: head.version, keep_alive: head.keep_alive, asked_keep_alive: head.asked_keep_alive };
+    let side = RequestSide {
+        version: head.version,
+        keep_alive: head.keep_alive,
+        asked_keep_alive: head.asked_keep_alive,
+    };
     let resp = Response::new(ctx.shared.clone(), conn.clone(), side, head.is_head());
     let sr = match Bound::new(py, StartResponse::new(resp)) {
         Ok(sr) => sr,
@@ -120,10 +124,10 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
         resp.abandon();
         let path = logged_path(&head.uri);
         if err.is_instance_of::<ClientDisconnected>(py) || resp.disconnected {
-            let _ = ctx.logger.bind(py).call_method1(
-                intern!(py, "info"),
-                (format!("Client disconnected while serving {path}"),),
-            );
+            let _ = ctx
+                .logger
+                .bind(py)
+                .call_method1(intern!(py, "info"), (format!("Client disconnected while serving {path}"),));
             return true;
         }
         log_exception(py, &ctx.logger, &format!("Exception while serving {path}"), &err);
@@ -171,7 +175,10 @@ fn exc_info<'py>(py: Python<'py>, err: &PyErr) -> PyResult<Bound<'py, pyo3::type
         Some(tb) => tb.into_any().unbind(),
         None => py.None(),
     };
-    pyo3::types::PyTuple::new(py, [err.get_type(py).into_any().unbind(), err.value(py).clone().into_any().unbind(), tb])
+    pyo3::types::PyTuple::new(
+        py,
+        [err.get_type(py).into_any().unbind(), err.value(py).clone().into_any().unbind(), tb],
+    )
 }
 
 /// Logs `msg` at ERROR with the error's traceback, as logger.exception() would.
@@ -256,7 +263,13 @@ fn send_seekable(py: Python<'_>, sr: &StartResponse, fw: &FileWrapper, len: u64)
     Ok(())
 }
 
-fn write_chunk(py: Python<'_>, sr: &StartResponse, item: &Bound<'_, PyAny>, first: bool, only: bool) -> PyResult<()> {
+fn write_chunk(
+    py: Python<'_>,
+    sr: &StartResponse,
+    item: &Bound<'_, PyAny>,
+    first: bool,
+    only: bool,
+) -> PyResult<()> {
     let mut resp = sr.lock(py);
     let data = expect_bytes(py, &mut resp, item)?.as_bytes();
     if first && only && resp.content_length.is_none() && resp.status.is_some() && !resp.wrote_header() {
