@@ -19,13 +19,11 @@ use std::time::Duration;
 use polling::{Event as PollEvent, Events};
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
 use socket2::Socket;
 
 use crate::config::Config;
 use crate::listener::{Listener, ListenerInfo};
 use crate::reactor::Shared;
-use crate::wsgi::environ::EnvConsts;
 use crate::wsgi::file_wrapper::FileWrapper;
 use crate::wsgi::worker::WorkerCtx;
 
@@ -67,24 +65,8 @@ impl Server {
                 .map_err(|e| PyOSError::new_err(format!("cannot serve on descriptor {fd}: {e}")))?;
             adopted.push(l);
         }
-        let ident: PyObject =
-            if cfg.ident.is_empty() { py.None() } else { PyString::new(py, &cfg.ident).into_any().unbind() };
-        let mut consts = EnvConsts {
-            wsgi_version: PyTuple::new(py, [1, 0])?.into_any().unbind(),
-            ident,
-            server_name: PyString::new(py, &cfg.server_name).into_any().unbind(),
-            url_scheme: PyString::new(py, &cfg.url_scheme).into_any().unbind(),
-            script_name: PyString::new(py, &cfg.url_prefix).into_any().unbind(),
-            url_prefix: cfg.url_prefix.chars().map(|c| c as u32 as u8).collect(),
-            file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
-            sys: py.import("sys")?.into_any().unbind(),
-            drop_proxy_headers: cfg.drop_proxy_headers,
-            template: PyDict::new(py).unbind(),
-        };
-        consts.make_template(py)?;
-        let logger = py.import("logging")?.call_method1("getLogger", ("rswaitress",))?.unbind();
         let shared = Arc::new(Shared::new(cfg, adopted).map_err(os_error)?);
-        let ctx = Arc::new(WorkerCtx { shared: shared.clone(), app, consts, logger });
+        let ctx = Arc::new(WorkerCtx::new(py, shared.clone(), app)?);
         Ok(Server { shared, ctx })
     }
 

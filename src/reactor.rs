@@ -589,3 +589,264 @@ impl<'a> Reactor<'a> {
         }
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    //! The reactor over real sockets, with a worker written in Rust (the Response writer
+    //! without Python) standing in for the pool.
+
+    use super::*;
+    use crate::listener::ListenerInfo;
+    use crate::wsgi::response::{Flow, Response, WriteError};
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    struct Running {
+        shared: Arc<Shared>,
+        addr: std::net::SocketAddr,
+        reactor: Option<std::thread::JoinHandle<io::Result<()>>>,
+    }
+
+    impl Running {
+        fn start(cfg: Config) -> Running {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let info = ListenerInfo { server_port: addr.port().to_string(), is_unix: false };
+            let listener = Listener::adopt(l.as_raw_fd() as i64, info).unwrap();
+            drop(l);
+            let shared = Arc::new(Shared::new(cfg, vec![listener]).unwrap());
+            let s = shared.clone();
+            let reactor = Some(std::thread::spawn(move || run(&s)));
+            Running { shared, addr, reactor }
+        }
+
+        fn connect(&self) -> TcpStream {
+            let c = TcpStream::connect(self.addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c
+        }
+
+        /// Runs `n` tasks through `handler` on a thread of its own, as a pool thread
+        /// would (taking each, serving it, handing the connection back, serving a
+        /// pipelined request at once).
+        fn worker(
+            &self,
+            n: usize,
+            handler: impl Fn(&mut Response, &Request) -> Result<(), WriteError> + Send + 'static,
+        ) -> std::thread::JoinHandle<Vec<Result<(), WriteError>>> {
+            let shared = self.shared.clone();
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                while outcomes.len() < n {
+                    let Ok(Some(task)) = shared.tasks_rx.recv() else { break };
+                    let conn = task.conn;
+                    let mut next = {
+                        let mut st = conn.st.lock();
+                        (st.phase == Phase::Queued).then(|| {
+                            shared.apply(&conn, &mut st, Event::Taken);
+                            task.req
+                        })
+                    };
+                    while let Some(req) = next.take() {
+                        let side = crate::http::response::RequestSide {
+                            version: req.head.version,
+                            keep_alive: req.head.keep_alive,
+                            asked_keep_alive: req.head.asked_keep_alive,
+                        };
+                        let mut resp = Response::new(shared.clone(), conn.clone(), side, req.head.is_head());
+                        let outcome = handler(&mut resp, &req).and_then(|_| resp.finish().map(|_| ()));
+                        let close = resp.close || outcome.is_err();
+                        outcomes.push(outcome);
+                        let mut st = conn.st.lock();
+                        next = shared.apply(&conn, &mut st, Event::ResponseDone { close }).inspect(|_| {
+                            shared.apply(&conn, &mut st, Event::Taken);
+                        });
+                    }
+                }
+                outcomes
+            })
+        }
+
+        fn stop(mut self) {
+            self.shared.request_stop();
+            self.reactor.take().unwrap().join().unwrap().unwrap();
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(r) = self.reactor.take() {
+                self.shared.abort();
+                let _ = r.join();
+            }
+        }
+    }
+
+    /// Answers with the request path as the body.
+    fn echo_path(resp: &mut Response, req: &Request) -> Result<(), WriteError> {
+        let body = req.head.uri.clone();
+        resp.start(
+            "200 OK".into(),
+            vec![("Content-Length".into(), body.len().to_string())],
+            Some(body.len() as u64),
+            false,
+        );
+        resp.write(&body).map(|_| ())
+    }
+
+    fn read_until(c: &mut TcpStream, needle: &[u8], count: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while got.windows(needle.len()).filter(|w| *w == needle).count() < count {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    fn read_to_eof(c: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
+                Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&got)),
+            }
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order() {
+        let r = Running::start(Config::default());
+        let w = r.worker(3, echo_path);
+        let mut c = r.connect();
+        c.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /bb HTTP/1.1\r\nHost: h\r\n\r\nGET /ccc HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap();
+        let got = read_until(&mut c, b"HTTP/1.1 200 OK", 3);
+        let got = read_until_complete(&mut c, got, b"/ccc");
+        let text = String::from_utf8_lossy(&got);
+        let a = text.find("\r\n\r\n/a").unwrap();
+        let b = text.find("\r\n\r\n/bb").unwrap();
+        let cc = text.find("\r\n\r\n/ccc").unwrap();
+        assert!(a < b && b < cc, "{text}");
+        assert!(w.join().unwrap().iter().all(Result::is_ok));
+        r.stop();
+    }
+
+    fn read_until_complete(c: &mut TcpStream, mut got: Vec<u8>, end: &[u8]) -> Vec<u8> {
+        let mut buf = [0u8; 8192];
+        while !got.ends_with(end) {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// No worker runs at all: a malformed request is answered by the reactor, which then
+    /// lingers (reading what the client still sends) until the client closes.
+    #[test]
+    fn refusals_need_no_worker() {
+        let r = Running::start(Config::default());
+        let mut c = r.connect();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap();
+        let got = read_until(&mut c, b"(generated by rswaitress)", 1);
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(text.contains("Host header is repeated"), "{text}");
+        // Lingering: more input is read and dropped, then our close follows the client's.
+        c.write_all(b"more bytes the client was still sending").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        assert!(read_to_eof(&mut c).is_empty());
+        wait_for(|| r.shared.conns.lock().is_empty());
+        r.stop();
+    }
+
+    fn wait_for(cond: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("condition not reached within 10 s");
+    }
+
+    /// A client that requests a large response and reads none of it: the writer blocks
+    /// on back-pressure, and the connection is closed after channel_timeout, which
+    /// frees the writer (Lost).
+    #[test]
+    fn slow_reader_is_timed_out_and_its_writer_freed() {
+        let cfg = Config {
+            channel_timeout: Duration::from_millis(300),
+            cleanup_interval: Duration::from_millis(50),
+            outbuf_high_watermark: 1 << 16,
+            ..Config::default()
+        };
+        let r = Running::start(cfg);
+        let w = r.worker(1, |resp, _| {
+            resp.start("200 OK".into(), vec![], None, false);
+            let piece = vec![b'x'; 1 << 16];
+            loop {
+                if resp.write(&piece)? == Flow::Backlogged {
+                    resp.wait_drained()?;
+                }
+            }
+        });
+        let c = crate::connection::tests::small_receive_buffer(r.addr);
+        (&c).write_all(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        let outcomes = w.join().unwrap();
+        assert_eq!(outcomes, vec![Err(WriteError::Lost)]);
+        wait_for(|| r.shared.conns.lock().is_empty());
+        r.stop();
+    }
+
+    /// A stop with a request in progress: new connections are refused at once, an idle
+    /// kept-alive connection is closed, the request in progress finishes with
+    /// `Connection: close`, and the loop returns.
+    #[test]
+    fn graceful_stop_drains() {
+        let r = Running::start(Config::default());
+        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(0);
+        let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
+        let w = r.worker(2, move |resp, req| {
+            if req.head.uri == b"/slow" {
+                started_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+            }
+            echo_path(resp, req)
+        });
+        let mut idle = r.connect();
+        idle.write_all(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        read_until(&mut idle, b"/first", 1);
+        let mut busy = r.connect();
+        busy.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        started_rx.recv().unwrap();
+        r.shared.request_stop();
+        wait_for(|| TcpStream::connect(r.addr).is_err());
+        assert!(read_to_eof(&mut idle).is_empty(), "the idle connection is closed, not answered");
+        go_tx.send(()).unwrap();
+        let got = read_to_eof(&mut busy);
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("Connection: close\r\n") && text.ends_with("/slow"), "{text}");
+        assert!(w.join().unwrap().iter().all(Result::is_ok));
+        r.stop();
+    }
+
+    #[test]
+    fn abort_closes_everything_at_once() {
+        let r = Running::start(Config::default());
+        let mut c = r.connect();
+        c.write_all(b"GET /never-served HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        wait_for(|| !r.shared.tasks_rx.is_empty());
+        r.shared.abort();
+        assert!(read_to_eof(&mut c).is_empty());
+        let mut r = r;
+        r.reactor.take().unwrap().join().unwrap().unwrap();
+        assert!(r.shared.conns.lock().is_empty());
+    }
+}

@@ -405,6 +405,15 @@ pub mod tests {
         (Socket::from(server), client)
     }
 
+    /// A client socket with a small receive buffer (so that a response it does not read
+    /// backs up quickly), connected to `addr`.
+    pub fn small_receive_buffer(addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&addr.into()).unwrap();
+        s.into()
+    }
+
     fn read_all_available(st: &mut ConnState) {
         let mut scratch = vec![0u8; 4096];
         for _ in 0..1000 {

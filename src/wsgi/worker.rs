@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::connection::phase::{Event, Phase};
 use crate::connection::{Conn, Request};
@@ -30,6 +30,30 @@ pub struct WorkerCtx {
     pub app: PyObject,
     pub consts: EnvConsts,
     pub logger: PyObject,
+}
+
+impl WorkerCtx {
+    /// The context for a server's pool threads: the environ's constant parts built once.
+    pub fn new(py: Python<'_>, shared: Arc<Shared>, app: PyObject) -> PyResult<Self> {
+        let cfg = &shared.cfg;
+        let ident: PyObject =
+            if cfg.ident.is_empty() { py.None() } else { PyString::new(py, &cfg.ident).into_any().unbind() };
+        let mut consts = EnvConsts {
+            wsgi_version: PyTuple::new(py, [1, 0])?.into_any().unbind(),
+            ident,
+            server_name: PyString::new(py, &cfg.server_name).into_any().unbind(),
+            url_scheme: PyString::new(py, &cfg.url_scheme).into_any().unbind(),
+            script_name: PyString::new(py, &cfg.url_prefix).into_any().unbind(),
+            url_prefix: cfg.url_prefix.chars().map(|c| c as u32 as u8).collect(),
+            file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
+            sys: py.import("sys")?.into_any().unbind(),
+            drop_proxy_headers: cfg.drop_proxy_headers,
+            template: PyDict::new(py).unbind(),
+        };
+        consts.make_template(py)?;
+        let logger = py.import("logging")?.call_method1("getLogger", ("rswaitress",))?.unbind();
+        Ok(WorkerCtx { shared, app, consts, logger })
+    }
 }
 
 pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
@@ -290,4 +314,169 @@ fn close_iterable(py: Python<'_>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
         iterable.call_method0(intern!(py, "close"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The worker loop with an embedded interpreter: an application defined in Python,
+    //! a request read from a real socket, the answer read back from it.
+
+    use super::*;
+    use crate::config::Config;
+    use crate::connection::Parsed;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// Serves the requests in `raw` (sent at once, then the client's sending side shut)
+    /// with the `app` defined by `code`, on this thread, as a pool thread would; returns
+    /// what the client received and the module namespace (for the test to inspect).
+    fn serve(code: &str, raw: &[u8]) -> (Vec<u8>, Py<PyDict>) {
+        pyo3::prepare_freethreaded_python();
+        let cfg = Config::default();
+        let (server, mut client) = crate::connection::tests::socket_pair();
+        client.write_all(raw).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let shared = Arc::new(Shared::new(cfg.clone(), Vec::new()).unwrap());
+        let info = Arc::new(crate::listener::ListenerInfo { server_port: "80".into(), is_unix: false });
+        let conn = Arc::new(Conn::new(9, server, info, ("127.0.0.1".into(), "5".into()), &cfg));
+        let first = {
+            let mut st = conn.st.lock();
+            let mut scratch = vec![0u8; 65536];
+            let mut parsed = None;
+            for _ in 0..1000 {
+                st.read_some(&mut scratch).unwrap();
+                if let Parsed::Request(r) = st.parse(&cfg) {
+                    parsed = Some(r);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            st.phase = Phase::Queued;
+            parsed.expect("a complete request")
+        };
+        shared.dispatch(conn.clone(), first);
+        shared.tasks_tx.send(None).unwrap();
+        let ns = Python::with_gil(|py| {
+            let ns = PyDict::new(py);
+            let code = std::ffi::CString::new(code).unwrap();
+            py.run(&code, Some(&ns), None).unwrap();
+            let app = ns.get_item("app").unwrap().expect("the code defines app").unbind();
+            let ctx = WorkerCtx::new(py, shared.clone(), app).unwrap();
+            run(py, &ctx);
+            ns.unbind()
+        });
+        {
+            // The pool is done: what it leaves for the reactor is flushed here.
+            let mut st = conn.st.lock();
+            while !st.is_closed() && !st.out.is_empty() {
+                st.flush().unwrap();
+            }
+            shared.close(&conn, &mut st);
+        }
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got);
+        (got, ns)
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    #[test]
+    fn pipelined_requests_are_served_by_the_same_pool_thread() {
+        let code = r#"
+import threading
+threads = set()
+def app(environ, start_response):
+    threads.add(threading.get_ident())
+    body = environ["PATH_INFO"].encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"#;
+        let (got, ns) = serve(
+            code,
+            b"GET /one HTTP/1.1\r\nHost: h\r\n\r\nGET /two HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        );
+        let t = text(&got);
+        assert!(t.find("\r\n\r\n/one").unwrap() < t.find("\r\n\r\n/two").unwrap(), "{t}");
+        Python::with_gil(|py| {
+            let threads = ns.bind(py).get_item("threads").unwrap().unwrap();
+            assert_eq!(threads.len().unwrap(), 1);
+        });
+    }
+
+    #[test]
+    fn application_error_is_a_500_and_the_iterable_is_closed() {
+        let code = r#"
+closed = []
+class Body:
+    def __iter__(self):
+        yield "not bytes"
+    def close(self):
+        closed.append(True)
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/early":
+        raise ValueError("boom")
+    start_response("200 OK", [])
+    return Body()
+"#;
+        let (got, _) = serve(code, b"GET /early HTTP/1.1\r\nHost: h\r\n\r\n");
+        let t = text(&got);
+        assert!(t.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{t}");
+        assert!(t.contains("Connection: close"), "{t}");
+        let (got, ns) = serve(code, b"GET /late HTTP/1.1\r\nHost: h\r\n\r\n");
+        // The head went out before the TypeError; the connection then ends.
+        assert!(text(&got).starts_with("HTTP/1.1 200 OK\r\n"));
+        Python::with_gil(|py| {
+            let closed = ns.bind(py).get_item("closed").unwrap().unwrap();
+            assert_eq!(closed.len().unwrap(), 1);
+        });
+    }
+
+    /// write() called from several application threads at once: every byte arrives,
+    /// nothing panics, and a write after the response is complete is refused.
+    #[test]
+    fn concurrent_writes_and_late_writes() {
+        let code = r#"
+import threading
+late = []
+def app(environ, start_response):
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    def writer():
+        for _ in range(200):
+            write(b"x" * 100)
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    late.append(write)
+    return []
+def call_late():
+    try:
+        late[0](b"too late")
+    except RuntimeError as e:
+        return str(e)
+"#;
+        let (got, ns) = serve(code, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        let t = text(&got);
+        let body_start = t.find("\r\n\r\n").unwrap() + 4;
+        let mut body = Vec::new();
+        let mut rest = &got[body_start..];
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest = &rest[line_end + 4 + size..];
+        }
+        assert_eq!(body.len(), 80_000);
+        assert!(body.iter().all(|&b| b == b'x'));
+        Python::with_gil(|py| {
+            let f = ns.bind(py).get_item("call_late").unwrap().unwrap();
+            let msg: String = f.call0().unwrap().extract().unwrap();
+            assert!(msg.contains("already complete"), "{msg}");
+        });
+    }
 }
