@@ -7,12 +7,14 @@ attributes Waitress users rely on: ``run()``, ``close()``, ``print_listen()``,
 ``effective_host``, ``effective_port``, ``socket`` and ``adj``.
 """
 
+import atexit
 import logging
 import os
 import signal
 import socket
 import stat
 import threading
+import weakref
 
 from rswaitress import _core
 from rswaitress.adjustments import Adjustments
@@ -21,6 +23,19 @@ logger = logging.getLogger("rswaitress")
 
 #: Seconds run() waits for pool threads to finish after the reactor has stopped.
 THREAD_JOIN_TIMEOUT = 5.0
+
+#: Servers whose run() is in progress (on any thread).
+_RUNNING = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_servers():
+    """At interpreter exit, stops the servers still running on other threads and waits
+    for them: a daemon thread must not be inside the server when the interpreter
+    finalises (Python ends such threads abruptly, and that cannot unwind through the
+    core)."""
+    for server in list(_RUNNING):
+        server._stop_for_exit()
 
 
 def cleanup_unix_socket(path):
@@ -188,6 +203,7 @@ class BaseWSGIServer:
         self.server_name = adj.server_name
         self._closed = False
         self._running = False
+        self._run_done = threading.Event()
         self._threads = []
         try:
             self._core = _core.Server(
@@ -238,6 +254,8 @@ class BaseWSGIServer:
         if self._closed:
             raise RuntimeError("this server was closed")
         self._running = True
+        self._run_done.clear()
+        _RUNNING.add(self)
         restore_sigterm = self._install_sigterm()
         wakeup = _SignalWakeup.install()
         self._start_threads()
@@ -254,6 +272,15 @@ class BaseWSGIServer:
             self._stop_threads()
             self._running = False
             self._close_sockets()
+            _RUNNING.discard(self)
+            self._run_done.set()
+
+    def _stop_for_exit(self):
+        self._core.close()
+        grace = float(getattr(self.adj, "graceful_timeout", 0)) + THREAD_JOIN_TIMEOUT + 1
+        if not self._run_done.wait(grace):
+            self._core.abort()
+            self._run_done.wait(THREAD_JOIN_TIMEOUT + 1)
 
     def close(self):
         """Stops a running server (from any thread) or releases an idle one's sockets."""
