@@ -24,6 +24,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
+from helpers import PLATFORM_FEATURES, platform_has  # noqa: E402
 from rawhttp import RawClient, parse_response, parse_responses, send_raw  # noqa: E402,F401
 
 #: How long a server may take to stop once asked.
@@ -114,10 +115,10 @@ def echo_addr(serve_app):
 
 
 @pytest.fixture
-def unix_server(make_server, tmp_path):
-    """``unix_server(app, **kw)`` -> RunningServer listening on tmp_path/"s.sock"."""
-    if not hasattr(socket, "AF_UNIX"):
-        pytest.skip("no Unix sockets here")
+def unix_server(make_server, tmp_path, request):
+    """``unix_server(app, **kw)`` -> RunningServer listening on tmp_path/"s.sock"
+    (for tests marked unix_sockets)."""
+    _require_marker(request, "unix_sockets")
 
     def factory(app, **kw):
         return make_server(app, unix_socket=str(tmp_path / "s.sock"), **kw)
@@ -265,11 +266,13 @@ class SubprocessServer:
 
 
 @pytest.fixture
-def subprocess_server():
+def subprocess_server(request):
     """``subprocess_server(app_name, serve=False, **kw)`` -> SubprocessServer with
     ``port`` known. With ``serve=True`` the child calls ``rswaitress.serve()`` and the
     port is read off its "Serving on" log line (stderr); otherwise it calls
-    create_server, prints "PORT n" and runs."""
+    create_server, prints "PORT n" and runs. For tests marked posix_signals: the
+    tests signal the child, and the child dumps its stacks on SIGUSR1."""
+    _require_marker(request, "posix_signals")
     procs = []
 
     def factory(app_name, serve=False, **kw):
@@ -318,30 +321,30 @@ def ipv6_loopback():
     return "::1"
 
 
-
-# Unix sockets, POSIX signals and /proc are not on every platform the suite runs on (the
-# GitHub workflow runs it on Windows and macOS too): tests whose code uses them are
-# skipped where the platform lacks them, rather than each one carrying its own guard.
-_NEEDS = {
-    "AF_UNIX": lambda: hasattr(socket, "AF_UNIX") and sys.platform != "win32",
-    "unix_socket": lambda: hasattr(socket, "AF_UNIX") and sys.platform != "win32",
-    "SIGINT": lambda: sys.platform != "win32",
-    "SIGTERM": lambda: sys.platform != "win32",
-    "/proc/": lambda: sys.platform.startswith("linux"),
-}
+# --- platform features -----------------------------------------------------------------
 
 
 def pytest_collection_modifyitems(config, items):
-    import inspect
-
-    missing = [word for word, present in _NEEDS.items() if not present()]
+    """Skips the tests marked with a platform feature (helpers.PLATFORM_FEATURES) that
+    the platform lacks, or that RSWAITRESS_TESTS_PRETEND_MISSING says to treat as
+    missing."""
+    try:
+        missing = {name: why for name, (_, why) in PLATFORM_FEATURES.items()
+                   if not platform_has(name)}
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
     if not missing:
         return
     for item in items:
-        try:
-            source = inspect.getsource(item.function)
-        except (OSError, TypeError, AttributeError):
-            continue
-        used = [word for word in missing if word in source]
-        if used:
-            item.add_marker(pytest.mark.skip(reason=f"uses {', '.join(used)}: not on this platform"))
+        lacking = [name for name in missing if item.get_closest_marker(name) is not None]
+        if lacking:
+            what = "; ".join(f"{missing[name]} (marked {name})" for name in lacking)
+            item.add_marker(pytest.mark.skip(reason=f"not on this platform: {what}"))
+
+
+def _require_marker(request, name):
+    """Fails a test that uses a fixture needing platform feature ``name`` without
+    carrying the marker, so that no such test escapes the platform skips."""
+    if request.node.get_closest_marker(name) is None:
+        pytest.fail(f"{request.node.nodeid} uses {request.fixturename}, which needs "
+                    f"@pytest.mark.{name}", pytrace=False)

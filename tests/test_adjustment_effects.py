@@ -159,6 +159,7 @@ def test_disabled_family_with_only_that_family_is_an_error(kw):
 # --- unix_socket / unix_socket_perms / sockets ------------------------------------------
 
 
+@pytest.mark.unix_sockets
 def test_unix_socket(make_server, tmp_path):
     path = str(tmp_path / "u.sock")
     srv = make_server(apps.echo_environ, unix_socket=path)
@@ -169,6 +170,7 @@ def test_unix_socket(make_server, tmp_path):
     assert json.loads(r.body)["wsgi.url_scheme"] == "http"
 
 
+@pytest.mark.unix_sockets
 @pytest.mark.parametrize("perms, mode", [(None, 0o600), ("660", 0o660), ("644", 0o644)])
 def test_unix_socket_perms(make_server, tmp_path, perms, mode):
     path = str(tmp_path / "p.sock")
@@ -201,6 +203,7 @@ def test_sockets_prebound_several(make_server):
         assert get(("127.0.0.1", p)).status == 200
 
 
+@pytest.mark.unix_sockets
 def test_sockets_mixed_families_refused(tmp_path):
     inet = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -214,6 +217,7 @@ def test_sockets_mixed_families_refused(tmp_path):
         unix.close()
 
 
+@pytest.mark.unix_sockets
 def test_sockets_prebound_unix(make_server, tmp_path):
     path = str(tmp_path / "pre.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -270,6 +274,7 @@ def test_trusted_proxy_headers_are_applied(serve_app):
     assert "HTTP_X_FORWARDED_HOST" not in env
 
 
+@pytest.mark.unix_sockets
 def test_trusted_proxy_localhost_on_unix_socket(make_server, tmp_path):
     """For Unix sockets the peer is "localhost", which trusted_proxy names."""
     path = str(tmp_path / "proxy.sock")
@@ -628,7 +633,8 @@ print("RUN RETURNED", flush=True)
 """
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.posix_signals  # SIGTERM to the child; and resource.setrlimit
+@pytest.mark.procfs  # the child counts its descriptors in /proc/self/fd
 @pytest.mark.parametrize("flag", ["true", "false"])
 def test_log_socket_errors(tmp_path, flag):
     """A socket error (accept() out of descriptors) is logged unless log_socket_errors

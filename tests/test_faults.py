@@ -459,6 +459,7 @@ def test_many_faults_in_a_row_then_still_serving(make_server):
 # --- signals ----------------------------------------------------------------------------
 
 
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_cleanly_after_in_flight_request(subprocess_server, sig):
     s = subprocess_server("sleepy", threads=2)
@@ -479,6 +480,7 @@ def test_signal_stops_cleanly_after_in_flight_request(subprocess_server, sig):
         socket.create_connection(s.addr, timeout=1).close()
 
 
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_idle_server_with_open_connections(subprocess_server, sig):
     s = subprocess_server("hello")
@@ -549,6 +551,7 @@ def child_server():
     stop_processes(procs)
 
 
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_stream_lets_the_response_finish(child_server, sig):
     proc, addr = child_server()
@@ -563,6 +566,7 @@ def test_signal_mid_stream_lets_the_response_finish(child_server, sig):
     assert b"RUN RETURNED" in proc.stdout.read()
 
 
+@pytest.mark.posix_signals
 def test_sigterm_with_a_queued_request_exits_cleanly(child_server):
     """threads=1: one request runs, another waits in the queue when SIGTERM arrives. The
     running one completes; the queued one is either served or its connection closed
@@ -626,6 +630,7 @@ print("RUN RETURNED", flush=True)
 """
 
 
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_signal_during_log_delivery_is_not_lost(sig):
     proc = subprocess.Popen([sys.executable, "-c", _SIGNAL_IN_LOGGING_CHILD, sig],

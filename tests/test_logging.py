@@ -54,6 +54,7 @@ def get(addr, path="/"):
 # --- Serving on -------------------------------------------------------------------------
 
 
+@pytest.mark.posix_signals
 def test_serve_prints_serving_on(subprocess_server):
     s = subprocess_server("hello", serve=True)
     # logging.basicConfig's format: LEVEL:logger:message, on stderr
@@ -94,6 +95,7 @@ def _read_lines(f, n, timeout=5.0):
     return buf.decode().splitlines()[:n]
 
 
+@pytest.mark.posix_signals
 def test_serve_prints_serving_on_for_each_listen():
     proc = subprocess.Popen([sys.executable, "-c", _SERVE_LISTEN, TESTS_DIR,
                              "127.0.0.1:0 127.0.0.1:0"],
@@ -125,6 +127,7 @@ def test_print_listen_format(make_server, logs):
     assert recs[0].levelno == logging.INFO and recs[0].name == "rswaitress"
 
 
+@pytest.mark.unix_sockets
 def test_print_listen_unix(make_server, logs, tmp_path):
     path = str(tmp_path / "l.sock")
     srv = make_server(apps.hello, unix_socket=path)

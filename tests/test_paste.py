@@ -152,6 +152,7 @@ def test_entry_point_registered():
     assert ours[0].load() is rswaitress.serve_paste
 
 
+@pytest.mark.posix_signals
 def test_paste_ini_serves_app(paste_server):
     port, proc = paste_server()
     r, body = get_json(port, "/some/path")
@@ -166,6 +167,7 @@ def test_paste_ini_serves_app(paste_server):
     assert f"Serving on http://127.0.0.1:{port}" in read_available(proc.stderr)
 
 
+@pytest.mark.posix_signals
 def test_paste_string_settings_are_coerced(paste_server):
     """threads = 2 (a string) really gives two workers: two slow requests overlap; and
     string values of other settings take effect."""

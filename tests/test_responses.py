@@ -429,6 +429,7 @@ def test_file_wrapper_large_file_identical(serve_app, eight_mib):
             assert hashlib.sha256(r.body).digest() == hashlib.sha256(data).digest()
 
 
+@pytest.mark.unix_sockets
 def test_file_wrapper_over_unix_socket(unix_server, eight_mib):
     path, data = eight_mib
     srv = unix_server(apps.make_file_app(path))

@@ -111,6 +111,7 @@ def test_print_listen_brackets_ipv6(make_server, caplog, ipv6_loopback):
 # --- Unix sockets -----------------------------------------------------------------------
 
 
+@pytest.mark.unix_sockets
 def test_unix_socket_serves(unix_server, tmp_path):
     srv = unix_server(apps.echo_environ)
     path = str(tmp_path / "s.sock")
@@ -124,6 +125,7 @@ def test_unix_socket_serves(unix_server, tmp_path):
     assert env["REMOTE_ADDR"] == "localhost"
 
 
+@pytest.mark.unix_sockets
 def test_unix_socket_environ_matches_waitress(unix_server, waitress_server, tmp_path):
     srv = unix_server(apps.echo_environ)
     ours = json.loads(get_ok(srv.addr).body)
@@ -135,12 +137,14 @@ def test_unix_socket_environ_matches_waitress(unix_server, waitress_server, tmp_
     assert theirs["SERVER_PORT"] == wpath
 
 
+@pytest.mark.unix_sockets
 def test_unix_socket_perms(make_server, tmp_path):
     path = str(tmp_path / "p.sock")
     make_server(apps.hello, unix_socket=path, unix_socket_perms="600")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
+@pytest.mark.unix_sockets
 def test_unix_socket_stale_file_replaced(make_server, tmp_path):
     path = str(tmp_path / "stale.sock")
     old = socket.socket(socket.AF_UNIX)
@@ -150,6 +154,7 @@ def test_unix_socket_stale_file_replaced(make_server, tmp_path):
     get_ok(srv.addr)
 
 
+@pytest.mark.unix_sockets
 def test_unix_socket_keep_alive_and_pipelining(unix_server):
     srv = unix_server(apps.echo_body)
     with RawClient(srv.addr) as c:
@@ -238,6 +243,7 @@ def test_close_before_run_releases_socket():
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_subprocess_server(subprocess_server, sig):
     s = subprocess_server("hello")
@@ -253,6 +259,7 @@ def test_signal_stops_subprocess_server(subprocess_server, sig):
         socket.create_connection(s.addr, timeout=1).close()
 
 
+@pytest.mark.posix_signals
 def test_sigterm_lets_request_in_progress_finish(subprocess_server):
     s = subprocess_server("sleepy")
     with RawClient(s.addr) as c:
@@ -265,6 +272,7 @@ def test_sigterm_lets_request_in_progress_finish(subprocess_server):
     assert s.wait_exit(5) == 0
 
 
+@pytest.mark.posix_signals
 def test_sigterm_with_open_connection(subprocess_server):
     s = subprocess_server("hello")
     with RawClient(s.addr) as c:
@@ -275,6 +283,7 @@ def test_sigterm_with_open_connection(subprocess_server):
         assert c.peer_closed(timeout=2)
 
 
+@pytest.mark.posix_signals
 def test_serve_logs_serving_on(subprocess_server):
     s = subprocess_server("hello", serve=True)
     assert s.serving_line == f"INFO:rswaitress:Serving on http://127.0.0.1:{s.port}"
@@ -283,6 +292,8 @@ def test_serve_logs_serving_on(subprocess_server):
     assert s.wait_exit(5) == 0
 
 
+@pytest.mark.unix_sockets
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_unix_subprocess_server(subprocess_server, tmp_path, sig):
     path = str(tmp_path / "sub.sock")

@@ -25,8 +25,7 @@ import stresslib as L  # noqa: E402
 PER_STYLE = 300
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"),
-                    reason="counts descriptors and threads through /proc")
+@pytest.mark.procfs  # counts descriptors and threads through /proc
 @pytest.mark.timeout(60)
 def test_aborted_connections_leave_no_fds_or_threads():
     with L.ServerProcess(threads=4, connection_limit=2000) as srv:
@@ -46,6 +45,7 @@ def test_aborted_connections_leave_no_fds_or_threads():
         assert L.server_answers(srv.port), "server stopped answering after the aborts"
 
 
+@pytest.mark.procfs
 @pytest.mark.skipif(not os.environ.get("RSWAITRESS_STRESS"), reason="set RSWAITRESS_STRESS=1")
 @pytest.mark.timeout(100)
 def test_run_stress_quick(tmp_path):
