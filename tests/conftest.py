@@ -24,11 +24,11 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
-from helpers import PLATFORM_FEATURES, platform_has  # noqa: E402
+from helpers import PLATFORM_FEATURES, WAIT, platform_has  # noqa: E402
 from rawhttp import RawClient, parse_response, parse_responses, send_raw  # noqa: E402,F401
 
-#: How long a server may take to stop once asked.
-STOP_TIMEOUT = 10.0
+#: How long a server may take to stop once asked (a guard against a hang).
+STOP_TIMEOUT = WAIT
 
 
 class RunningServer:
@@ -173,7 +173,7 @@ def waitress_server():
     yield factory
     for server, stopper, t in started:
         stopper.stop = True
-        t.join(5)
+        t.join(STOP_TIMEOUT)
         assert not t.is_alive(), "the Waitress server did not stop"
         server._map.pop(-1, None)
         for ch in list(server._map.values()):
@@ -217,7 +217,7 @@ class SubprocessServer:
             return self.unix_socket
         return (self.host, self.port)
 
-    def wait_for_line(self, predicate, stream="stdout", timeout=10.0):
+    def wait_for_line(self, predicate, stream="stdout", timeout=WAIT):
         """Reads lines of ``stream`` until one satisfies ``predicate``; returns it."""
         f = getattr(self.proc, stream)
         sel = selectors.DefaultSelector()
@@ -243,7 +243,7 @@ class SubprocessServer:
             f"no matching line on {stream} within {timeout}s; got {self._lines[stream]!r}"
         )
 
-    def wait_exit(self, timeout=5.0):
+    def wait_exit(self, timeout=WAIT):
         """Waits for the child to exit and returns its code; if it does not, fails with
         a dump of its threads' stacks."""
         try:

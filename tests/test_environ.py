@@ -8,6 +8,7 @@ import socket
 import pytest
 
 import apps
+from helpers import WAIT
 from rawhttp import RawClient, chunked, parse_response, request, send_raw
 
 
@@ -203,7 +204,7 @@ def test_server_name_default(echo_addr):
 
 
 def test_remote_addr_host_port(echo_addr):
-    s = socket.create_connection(echo_addr, timeout=5)
+    s = socket.create_connection(echo_addr, timeout=WAIT)
     try:
         local_port = s.getsockname()[1]
         s.sendall(close_req())
@@ -320,7 +321,7 @@ def input_result(addr, mode, body, n=None, chunk=False):
     path = f"/?mode={mode}" + (f"&n={n}" if n is not None else "")
     headers = [("Transfer-Encoding", "chunked")] if chunk else []
     data = close_req("POST", path, headers=headers, body=chunked(body) if chunk else body)
-    r = parse_response(send_raw(addr, data, timeout=5))
+    r = parse_response(send_raw(addr, data))
     assert r.status == 200, r
     return json.loads(r.body)
 

@@ -19,6 +19,7 @@ import time
 import pytest
 
 import apps
+from helpers import WAIT
 from rawhttp import RawClient, connect, parse_response, request, send_raw, wait_until
 
 CLOSE = [("Connection", "close")]
@@ -40,7 +41,7 @@ def logs(caplog):
             return [r for r in cls.records(name_prefix) if text in r.getMessage()]
 
         @classmethod
-        def wait(cls, text, name_prefix="rswaitress", timeout=3.0):
+        def wait(cls, text, name_prefix="rswaitress", timeout=WAIT):
             wait_until(lambda: cls.find(text, name_prefix), timeout=timeout)
             return cls.find(text, name_prefix)
 
@@ -61,7 +62,7 @@ def test_serve_prints_serving_on(subprocess_server):
     assert s.serving_line == f"INFO:rswaitress:Serving on http://127.0.0.1:{s.port}"
     assert get(s.addr).status == 200
     s.proc.send_signal(signal.SIGTERM)
-    assert s.wait_exit(5) == 0
+    assert s.wait_exit() == 0
 
 
 _SERVE_LISTEN = r"""
@@ -74,7 +75,7 @@ print("SERVE RETURNED", flush=True)
 """
 
 
-def _read_lines(f, n, timeout=5.0):
+def _read_lines(f, n, timeout=WAIT):
     """``n`` lines from a child's pipe (unbuffered reads), or AssertionError in time."""
     fd = f.fileno()
     buf = b""
@@ -109,7 +110,7 @@ def test_serve_prints_serving_on_for_each_listen():
         for port in ports:
             assert get(("127.0.0.1", port)).status == 200
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(5) == 0
+        assert proc.wait(WAIT) == 0
         assert proc.stdout.read() == b"SERVE RETURNED\n"
     finally:
         if proc.poll() is None:
@@ -206,7 +207,7 @@ def test_client_disconnected_mid_response_is_info(serve_app, logs):
     # RST rather than FIN, so the server's next write fails at once.
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     s.close()
-    recs = logs.wait("Client disconnected while serving", timeout=5)
+    recs = logs.wait("Client disconnected while serving")
     assert [r.getMessage() for r in recs] == ["Client disconnected while serving /gone/away"]
     assert recs[0].levelno == logging.INFO and recs[0].name == "rswaitress"
     assert not logs.find("Exception while serving")
@@ -230,12 +231,12 @@ def test_task_queue_depth_logged(serve_app, logs):
     if not recs:
         # The core logs it at most once a second (another test may just have); try again.
         for t in ts:
-            t.join(5)
+            t.join(WAIT)
         time.sleep(1.1)
         ts = _burst(addr, 4, 0.3)
-        recs = logs.wait("Task queue depth is", "rswaitress.queue", timeout=2)
+        recs = logs.wait("Task queue depth is", "rswaitress.queue")
     for t in ts:
-        t.join(5)
+        t.join(WAIT)
     assert recs, [r.getMessage() for r in logs.records()]
     rec = recs[0]
     assert rec.name == "rswaitress.queue"
@@ -263,7 +264,7 @@ def test_connection_limit_messages(serve_app, logs):
         assert recs[0].levelno == logging.WARNING and recs[0].name == "rswaitress"
         assert not logs.find("dropped below")
         a.close()
-        assert b.read_response(timeout=3).status == 200
+        assert b.read_response().status == 200
         recs = logs.wait("total open connections dropped below the connection limit")
         # (b being taken in and then closing may add another reached/below pair)
         assert recs and {r.getMessage() for r in recs} == {below}
@@ -316,6 +317,4 @@ def test_rust_records_delivered_without_further_requests(serve_app, logs):
     """A record made by the last request arrives without another request to carry it."""
     addr = serve_app(apps.long_body)
     get(addr)
-    t0 = time.monotonic()
-    assert logs.wait("application-written content exceeded", timeout=2)
-    assert time.monotonic() - t0 < 1.0
+    assert logs.wait("application-written content exceeded"), "the record never arrived"

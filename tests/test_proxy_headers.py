@@ -22,6 +22,7 @@ import waitress.proxy_headers
 import waitress.wasyncore
 
 import rswaitress
+from helpers import WAIT
 from rswaitress.proxy_headers import proxy_headers_middleware
 
 ENV_KEYS = (
@@ -65,7 +66,7 @@ class _Running:
 
     def close(self):
         self._stop(self.server)
-        self.thread.join(5)
+        self.thread.join(WAIT)
         if self._after is not None:
             self._after(self.server)
 
@@ -122,10 +123,10 @@ def server_pairs():
 def _connect(server):
     if server.family == getattr(socket, "AF_UNIX", None):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(5)
+        sock.settimeout(WAIT)
         sock.connect(server.socket.getsockname())
     else:
-        sock = socket.create_connection(("127.0.0.1", int(server.effective_port)), 5)
+        sock = socket.create_connection(("127.0.0.1", int(server.effective_port)), WAIT)
     return sock
 
 

@@ -10,11 +10,12 @@ import time
 import pytest
 
 import apps
+from helpers import WAIT
 from rawhttp import (RawClient, connect, parse_response, parse_responses, recv_until_close,
                      request, send_raw, wait_until)
 
 
-def get(addr, path="/", version="HTTP/1.1", headers=(), method="GET", timeout=5):
+def get(addr, path="/", version="HTTP/1.1", headers=(), method="GET", timeout=WAIT):
     headers = list(headers)
     if version == "HTTP/1.1" and not any(k.lower() == "connection" for k, _ in headers):
         headers.append(("Connection", "close"))
@@ -92,7 +93,7 @@ def test_short_body_closes_connection(serve_app):
     addr = serve_app(apps.short_body)
     with RawClient(addr) as c:
         c.send(request())
-        data = c.read_until_close(timeout=3)
+        data = c.read_until_close()
     r = parse_response(data)
     assert r.header("Content-Length") == "20"
     assert not r.complete
@@ -214,7 +215,7 @@ def test_exc_info_after_body_reraises_and_closes(serve_app):
     addr = serve_app(apps.exc_info_after_body)
     with RawClient(addr) as c:
         c.send(request())
-        data = c.read_until_close(timeout=3)
+        data = c.read_until_close()
     r = parse_response(data)
     assert r.status == 200
     assert r.chunked and not r.complete  # no last chunk: the client can tell
@@ -294,7 +295,7 @@ def test_error_after_body_started_truncates_and_closes(serve_app, app):
     addr = serve_app(app)
     with RawClient(addr) as c:
         c.send(request())
-        data = c.read_until_close(timeout=3)
+        data = c.read_until_close()
     r = parse_response(data)
     assert r.status == 200
     assert r.chunked and not r.complete
@@ -338,7 +339,7 @@ def test_close_called_after_normal_response(serve_app):
     addr = serve_app(app)
     r = get(addr)
     assert r.body == b"x" * 30
-    assert state.closed.wait(5)
+    assert state.closed.wait(WAIT)
     assert state.calls == 1
     assert state.yielded == 3
 
@@ -347,7 +348,7 @@ def test_generator_close_runs_finally(serve_app):
     app, state = apps.make_closing_generator_app()
     addr = serve_app(app)
     assert get(addr).body == b"one two"
-    assert state.finalized.wait(5)
+    assert state.finalized.wait(WAIT)
 
 
 def test_close_called_for_head(serve_app):
@@ -355,7 +356,7 @@ def test_close_called_for_head(serve_app):
     addr = serve_app(app)
     r = get(addr, method="HEAD")
     assert r.status == 200
-    assert state.closed.wait(5)
+    assert state.closed.wait(WAIT)
 
 
 def test_close_called_when_iteration_raises(make_server):
@@ -376,7 +377,7 @@ def test_close_called_when_iteration_raises(make_server):
     srv = make_server(app)
     with RawClient(srv.addr) as c:
         c.send(request())
-        c.read_until_close(timeout=3)
+        c.read_until_close()
     assert wait_until(lambda: closed == [True])
 
 
@@ -390,7 +391,7 @@ def test_close_called_when_client_disconnects_mid_response(make_server):
     got = s.recv(1024)
     assert got.startswith(b"HTTP/1.1 200 OK")
     s.close()
-    assert state.closed.wait(5), "close() not called after the client went away"
+    assert state.closed.wait(WAIT), "close() not called after the client went away"
     assert state.yielded < 4000
     # The server is unharmed.
     raw = send_raw(srv.addr, request(method="HEAD", headers=[("Connection", "close")]))
@@ -403,7 +404,7 @@ def test_close_called_when_client_disconnects_before_first_piece(make_server):
     s = connect(srv.addr)
     s.sendall(request())
     s.close()
-    assert state.closed.wait(5)
+    assert state.closed.wait(WAIT)
 
 
 # --- wsgi.file_wrapper ------------------------------------------------------------------
@@ -542,7 +543,7 @@ def test_output_larger_than_outbuf_overflow(serve_app, nocl):
         s.sendall(request(path=f"/?mb={mb}" + ("&nocl=1" if nocl else ""),
                           headers=[("Connection", "close")]))
         time.sleep(0.3)  # let the server buffer (and spill) before reading
-        data = recv_until_close(s, timeout=5)
+        data = recv_until_close(s)
     finally:
         s.close()
     r = parse_response(data)
@@ -560,7 +561,7 @@ def test_slow_reader_with_small_high_watermark(serve_app):
     # makes Linux stall the sender, whatever the server).
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-    s.settimeout(5)
+    s.settimeout(WAIT)
     s.connect(addr)
     try:
         s.sendall(request(path="/?mb=2", headers=[("Connection", "close")]))
@@ -568,7 +569,7 @@ def test_slow_reader_with_small_high_watermark(serve_app):
         for _ in range(5):
             chunks.append(s.recv(4096))
             time.sleep(0.02)
-        chunks.append(recv_until_close(s, timeout=5))
+        chunks.append(recv_until_close(s))
     finally:
         s.close()
     r = parse_response(b"".join(chunks))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import rswaitress
+from helpers import WAIT
 from rswaitress import adjustments, runner
 
 
@@ -352,13 +353,13 @@ def _stop(proc):
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=WAIT)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, getattr(signal, "SIGKILL", signal.SIGTERM))
-            proc.wait(timeout=10)
+            proc.wait(timeout=WAIT)
 
 
-def _wait_listening(proc, port, deadline=20.0):
+def _wait_listening(proc, port, deadline=WAIT):
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -410,7 +411,7 @@ def served(tmp_path):
 
 
 def _get(port, path):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
