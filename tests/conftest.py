@@ -2,13 +2,14 @@
 rswaitress in a subprocess (for signals and ``serve()``), over TCP or a Unix socket, and
 Waitress 3.0.2 in-process for side-by-side comparisons.
 
-The raw-socket client and response parser live in ``rawhttp.py``; the test applications
-in ``apps.py``.
+The raw-socket client and response parser live in ``rawhttp.py``, child processes in
+``procs.py``, the platform features and the hang guard (WAIT) in ``helpers.py``; the
+test applications in ``apps.py``.
 """
 
 import json
+import logging
 import os
-import selectors
 import signal
 import socket
 import subprocess
@@ -25,7 +26,8 @@ if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
 from helpers import PLATFORM_FEATURES, WAIT, platform_has  # noqa: E402
-from rawhttp import RawClient, parse_response, parse_responses, send_raw  # noqa: E402,F401
+from procs import PythonChild  # noqa: E402
+from rawhttp import RawClient, parse_response, parse_responses, send_raw, wait_until  # noqa: E402,F401
 
 #: How long a server may take to stop once asked (a guard against a hang).
 STOP_TIMEOUT = WAIT
@@ -126,6 +128,30 @@ def unix_server(make_server, tmp_path, request):
     return factory
 
 
+@pytest.fixture
+def logs(caplog):
+    """caplog at INFO for the rswaitress loggers. ``logs.find(text)``: the records so far
+    whose message contains ``text``; ``logs.wait(text)`` polls until there is one (the
+    Rust core's records reach Python logging a little after the fact)."""
+    caplog.set_level(logging.INFO, logger="rswaitress")
+
+    class Logs:
+        @staticmethod
+        def records(name_prefix="rswaitress"):
+            return [r for r in list(caplog.records) if r.name.startswith(name_prefix)]
+
+        @classmethod
+        def find(cls, text, name_prefix="rswaitress"):
+            return [r for r in cls.records(name_prefix) if text in r.getMessage()]
+
+        @classmethod
+        def wait(cls, text, name_prefix="rswaitress", timeout=WAIT):
+            wait_until(lambda: cls.find(text, name_prefix), timeout=timeout)
+            return cls.find(text, name_prefix)
+
+    return Logs
+
+
 # --- Waitress 3.0.2, for comparisons ---------------------------------------------------
 
 
@@ -185,9 +211,6 @@ def waitress_server():
 _RUNNER = r"""
 import faulthandler, json, signal, sys
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # stack dump for a hung child
-# A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored;
-# give the child the handler it has when started from a terminal.
-signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[1])
 spec = json.loads(sys.argv[2])
 import apps, rswaitress
@@ -203,13 +226,15 @@ print("RUN RETURNED", flush=True)
 """
 
 
-class SubprocessServer:
-    def __init__(self, proc):
-        self.proc = proc
+class SubprocessServer(PythonChild):
+    """_RUNNER in a child process: ``proc``, ``stdout`` and ``stderr`` (procs.Lines),
+    ``addr`` once started."""
+
+    def __init__(self, spec):
+        super().__init__(_RUNNER, TESTS_DIR, spec)
         self.port = None
         self.host = "127.0.0.1"
         self.unix_socket = None
-        self._lines = {"stdout": [], "stderr": []}
 
     @property
     def addr(self):
@@ -219,29 +244,7 @@ class SubprocessServer:
 
     def wait_for_line(self, predicate, stream="stdout", timeout=WAIT):
         """Reads lines of ``stream`` until one satisfies ``predicate``; returns it."""
-        f = getattr(self.proc, stream)
-        sel = selectors.DefaultSelector()
-        sel.register(f, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                if not sel.select(left):
-                    continue
-                line = f.readline()
-                if not line:
-                    break
-                line = line.decode("utf-8", "replace").rstrip("\n")
-                self._lines[stream].append(line)
-                if predicate(line):
-                    return line
-        finally:
-            sel.close()
-        raise AssertionError(
-            f"no matching line on {stream} within {timeout}s; got {self._lines[stream]!r}"
-        )
+        return getattr(self, stream).wait_for(predicate, timeout)
 
     def wait_exit(self, timeout=WAIT):
         """Waits for the child to exit and returns its code; if it does not, fails with
@@ -253,16 +256,9 @@ class SubprocessServer:
             time.sleep(0.5)
             self.proc.kill()
             self.proc.wait(5)
-            err = self.proc.stderr.read().decode("utf-8", "replace")
+            err = self.stderr.rest().decode("utf-8", "replace")
             raise AssertionError(f"server process still running after {timeout}s; "
                                  f"stacks:\n{err[-6000:]}") from None
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
-        for f in (self.proc.stdout, self.proc.stderr):
-            f.close()
 
 
 @pytest.fixture
@@ -279,21 +275,14 @@ def subprocess_server(request):
         if "unix_socket" not in kw:
             kw.setdefault("host", "127.0.0.1")
             kw.setdefault("port", 0)
-        spec = json.dumps({"app": app_name, "kw": kw, "serve": serve})
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _RUNNER, TESTS_DIR, spec],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
-        s = SubprocessServer(proc)
+        s = SubprocessServer(json.dumps({"app": app_name, "kw": kw, "serve": serve}))
         procs.append(s)
         if serve:
-            line = s.wait_for_line(lambda l: "Serving on http://" in l, "stderr")
+            line = s.wait_for_line(lambda line: "Serving on http://" in line, "stderr")
             s.serving_line = line
             s.port = int(line.rsplit(":", 1)[1])
         else:
-            line = s.wait_for_line(lambda l: l.startswith("PORT "))
+            line = s.wait_for_line(lambda line: line.startswith("PORT "))
             if "unix_socket" in kw:
                 s.unix_socket = line.split(" ", 1)[1]
             else:

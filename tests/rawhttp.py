@@ -318,6 +318,17 @@ def request(method="GET", path="/", version="HTTP/1.1", headers=(), body=b"", ho
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+#: Headers for a request after which the server closes the connection.
+CLOSE = [("Connection", "close")]
+
+
+def get(addr, path="/", headers=(), method="GET", body=b"", version="HTTP/1.1"):
+    """One request on a new connection, ``Connection: close`` added: the parsed
+    response."""
+    data = request(method, path, version=version, headers=list(headers) + CLOSE, body=body)
+    return parse_response(send_raw(addr, data), method)
+
+
 def chunked(*pieces, trailer=b""):
     """A chunked body made of ``pieces``."""
     out = b"".join(b"%X\r\n%s\r\n" % (len(p), p) for p in pieces if p)

@@ -23,17 +23,9 @@ import pytest
 import apps
 import rswaitress
 from helpers import WAIT
-from rawhttp import (RawClient, chunked, connect, parse_response, parse_responses,
+from procs import PythonChild
+from rawhttp import (CLOSE, RawClient, chunked, connect, get, parse_response, parse_responses,
                      recv_until_close, request, send_raw, wait_until)
-
-CLOSE = [("Connection", "close")]
-
-
-def get(addr, path="/", headers=(), method="GET", body=b"", version="HTTP/1.1"):
-    """One request on a new connection (closed after); the parsed response."""
-    data = request(method, path, version=version, headers=list(headers) + CLOSE, body=body)
-    return parse_response(send_raw(addr, data), method)
-
 
 def get_env(addr, path="/", headers=(), version="HTTP/1.1"):
     r = get(addr, path, headers, version=version)
@@ -648,8 +640,7 @@ def test_long_cleanup_interval_delays_the_sweep(serve_app):
 # --- log_socket_errors ------------------------------------------------------------------
 
 _EMFILE_CHILD = r"""
-import logging, os, resource, signal, sys
-signal.signal(signal.SIGINT, signal.default_int_handler)
+import logging, os, resource, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                     format="%(name)s:%(levelname)s:%(message)s")
 import rswaitress
@@ -679,12 +670,10 @@ def test_log_socket_errors(tmp_path, flag):
     is false; either way the server recovers once descriptors are free again."""
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _EMFILE_CHILD, flag],
-                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        child = PythonChild(_EMFILE_CHILD, flag, stderr=err)
+    proc = child.proc
     try:
-        line = proc.stdout.readline().decode()
-        assert line.startswith("PORT "), line
-        addr = ("127.0.0.1", int(line.split()[1]))
+        addr = ("127.0.0.1", child.read_port())
         socks = [connect(addr) for _ in range(8)]
         if flag == "true":  # the descriptors stay taken until accept() has failed
             assert wait_until(lambda: LOGGED in err_path.read_text(errors="replace")), \
@@ -704,10 +693,7 @@ def test_log_socket_errors(tmp_path, flag):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
+        child.stop()
     text = err_path.read_text(errors="replace")
     logged = LOGGED in text
     assert logged is (flag == "true"), text[-2000:]

@@ -9,7 +9,7 @@ import pytest
 
 import apps
 from helpers import WAIT
-from rawhttp import RawClient, chunked, parse_response, request, send_raw
+from rawhttp import RawClient, chunked, parse_response, recv_until_close, request, send_raw
 
 
 def get_environ(addr, data):
@@ -208,12 +208,7 @@ def test_remote_addr_host_port(echo_addr):
     try:
         local_port = s.getsockname()[1]
         s.sendall(close_req())
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
+        data = recv_until_close(s)
     finally:
         s.close()
     env = json.loads(parse_response(data).body)

@@ -16,21 +16,14 @@ import pytest
 
 import apps
 from helpers import WAIT
-from procs import stop_processes
-from rawhttp import (RawClient, connect, parse_response, parse_responses, request, send_raw,
-                     wait_until)
-
-CLOSE = [("Connection", "close")]
-
+from procs import PythonChild
+from rawhttp import (CLOSE, RawClient, connect, get, parse_response, parse_responses, request,
+                     send_raw, wait_until)
 
 @pytest.fixture(autouse=True)
 def _quiet_app_errors(caplog):
     """The apps here fail on purpose; keep their tracebacks out of the output."""
     caplog.set_level(logging.CRITICAL + 1, logger="rswaitress")
-
-
-def get(addr, path="/", headers=()):
-    return parse_response(send_raw(addr, request(path=path, headers=list(headers) + CLOSE)))
 
 
 def still_serves(addr):
@@ -154,7 +147,7 @@ def test_disconnect_mid_response_finalizes_generator(make_server):
     still_serves(srv.addr)
 
 
-def test_write_after_disconnect_raises_in_the_app(make_server, caplog):
+def test_write_after_disconnect_raises_in_the_app(make_server, logs):
     """An app pushing output through write() learns that the client left: write()
     raises (an Exception subclass, like Waitress's ClientDisconnected), and that is
     logged as a disconnect, not as an application error."""
@@ -174,7 +167,6 @@ def test_write_after_disconnect_raises_in_the_app(make_server, caplog):
         return []
 
     srv = make_server(Switch(app), outbuf_high_watermark=256 * 1024)
-    caplog.set_level(logging.INFO, logger="rswaitress")
     s = connect(srv.addr)
     s.sendall(request(path="/fault/w"))
     assert s.recv(1000).startswith(b"HTTP/1.1 200")
@@ -183,9 +175,9 @@ def test_write_after_disconnect_raises_in_the_app(make_server, caplog):
     assert state["n"] < 4096
     assert state["exc"] is not None
     assert type(state["exc"]).__name__ == "ClientDisconnected"
-    assert wait_until(lambda: any(r.getMessage() == "Client disconnected while serving /fault/w"
-                                  for r in caplog.records))
-    assert not [r for r in caplog.records if "Exception while serving" in r.getMessage()]
+    message = "Client disconnected while serving /fault/w"
+    assert any(r.getMessage() == message for r in logs.wait(message))
+    assert not logs.find("Exception while serving")
     still_serves(srv.addr)
 
 
@@ -472,8 +464,8 @@ def test_signal_stops_cleanly_after_in_flight_request(subprocess_server, sig):
         assert r.status == 200 and r.body == b"slept 0.6"
         assert c.peer_closed()
     assert s.wait_exit() == 0
-    assert b"RUN RETURNED" in s.proc.stdout.read()
-    err = s.proc.stderr.read()
+    assert b"RUN RETURNED" in s.stdout.rest()
+    err = s.stderr.rest()
     assert b"Traceback" not in err, err.decode(errors="replace")
     with pytest.raises(OSError):
         socket.create_connection(s.addr, timeout=1).close()
@@ -501,8 +493,7 @@ def test_signal_stops_idle_server_with_open_connections(subprocess_server, sig):
 
 
 _CHILD = r"""
-import signal, sys, time
-signal.signal(signal.SIGINT, signal.default_int_handler)
+import sys, time
 import rswaitress
 
 def app(environ, start_response):
@@ -529,40 +520,32 @@ print("RUN RETURNED", flush=True)
 
 @pytest.fixture
 def child_server():
-    procs = []
+    """``child_server(threads=2)`` -> (PythonChild running _CHILD, its address)."""
+    children = []
 
     def start(threads=2):
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(threads)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL)
-        procs.append(proc)
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        try:
-            assert sel.select(WAIT), "the child server did not start"
-        finally:
-            sel.close()
-        line = proc.stdout.readline().decode()
-        assert line.startswith("PORT "), line
-        return proc, ("127.0.0.1", int(line.split()[1]))
+        child = PythonChild(_CHILD, threads)
+        children.append(child)
+        return child, ("127.0.0.1", child.read_port())
 
     yield start
-    stop_processes(procs)
+    for child in children:
+        child.stop()
 
 
 @pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_stream_lets_the_response_finish(child_server, sig):
-    proc, addr = child_server()
+    child, addr = child_server()
     with RawClient(addr) as c:
         c.send(request(path="/stream"))
         c.read_until(b"piece0;")  # the first piece is out, seven more are to come
-        proc.send_signal(sig)
+        child.proc.send_signal(sig)
         r = c.read_response()
         assert r.status == 200 and r.complete
         assert r.body == b"".join(b"piece%d;" % i for i in range(8))
-    assert proc.wait(WAIT) == 0
-    assert b"RUN RETURNED" in proc.stdout.read()
+    assert child.proc.wait(WAIT) == 0
+    assert b"RUN RETURNED" in child.stdout.rest()
 
 
 @pytest.mark.posix_signals
@@ -570,7 +553,7 @@ def test_sigterm_with_a_queued_request_exits_cleanly(child_server):
     """threads=1: one request runs, another waits in the queue when SIGTERM arrives. The
     running one completes; the queued one is either served or its connection closed
     without a partial response; the process exits 0."""
-    proc, addr = child_server(threads=1)
+    child, addr = child_server(threads=1)
     a, b = RawClient(addr), RawClient(addr)
     try:
         a.send(request(path="/sleep"))
@@ -579,14 +562,14 @@ def test_sigterm_with_a_queued_request_exits_cleanly(child_server):
         # Let the "Task queue depth" record be delivered first: a signal arriving while
         # it is delivered is lost (see test_signal_during_log_delivery_is_not_lost).
         time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
+        child.proc.send_signal(signal.SIGTERM)
         r = a.read_response()
         assert r.status == 200 and r.body == b"ok"
         rest = b.read_until_close()
         if rest:
             rb = parse_response(rest)
             assert rb.status == 200 and rb.body == b"ok"
-        assert proc.wait(WAIT) == 0
+        assert child.proc.wait(WAIT) == 0
     finally:
         a.close()
         b.close()
@@ -594,7 +577,6 @@ def test_sigterm_with_a_queued_request_exits_cleanly(child_server):
 
 _SIGNAL_IN_LOGGING_CHILD = r"""
 import logging, os, signal, sys, time
-signal.signal(signal.SIGINT, signal.default_int_handler)
 import rswaitress
 
 SIG = getattr(signal, sys.argv[1])
@@ -630,16 +612,11 @@ print("RUN RETURNED", flush=True)
 @pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_signal_during_log_delivery_is_not_lost(sig):
-    proc = subprocess.Popen([sys.executable, "-c", _SIGNAL_IN_LOGGING_CHILD, sig],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+    child = PythonChild(_SIGNAL_IN_LOGGING_CHILD, sig)
+    proc = child.proc
     a = b = None
     try:
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        assert sel.select(WAIT), "the child server did not start"
-        sel.close()
-        addr = ("127.0.0.1", int(proc.stdout.readline().split()[1]))
+        addr = ("127.0.0.1", child.read_port())
         a, b = RawClient(addr), RawClient(addr)
         a.send(request())
         time.sleep(0.1)
@@ -653,8 +630,4 @@ def test_signal_during_log_delivery_is_not_lost(sig):
         for c in (a, b):
             if c is not None:
                 c.close()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
-        proc.stdout.close()
-        proc.stderr.close()
+        child.stop()

@@ -13,10 +13,9 @@ import pytest
 
 import apps
 from helpers import WAIT
-from rawhttp import (RawClient, connect, parse_response, parse_responses, recv_until_close,
-                     request, send_raw)
+from rawhttp import (CLOSE, RawClient, connect, get, parse_response, parse_responses,
+                     recv_until_close, request)
 
-CLOSE = [("Connection", "close")]
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
@@ -47,10 +46,6 @@ def exchange(addr, data, timeout=WAIT):
             out += piece
     finally:
         s.close()
-
-
-def get(addr, path="/"):
-    return parse_response(send_raw(addr, request(path=path, headers=CLOSE)))
 
 
 # --- slow clients -----------------------------------------------------------------------

@@ -20,36 +20,10 @@ import pytest
 
 import apps
 from helpers import WAIT
-from rawhttp import RawClient, connect, parse_response, request, send_raw, wait_until
+from procs import PythonChild
+from rawhttp import CLOSE, RawClient, connect, get, request, send_raw, wait_until
 
-CLOSE = [("Connection", "close")]
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture
-def logs(caplog):
-    """caplog at INFO for the rswaitress loggers; ``logs.wait(pred)`` polls records."""
-    caplog.set_level(logging.INFO, logger="rswaitress")
-
-    class Logs:
-        @staticmethod
-        def records(name_prefix="rswaitress"):
-            return [r for r in list(caplog.records) if r.name.startswith(name_prefix)]
-
-        @classmethod
-        def find(cls, text, name_prefix="rswaitress"):
-            return [r for r in cls.records(name_prefix) if text in r.getMessage()]
-
-        @classmethod
-        def wait(cls, text, name_prefix="rswaitress", timeout=WAIT):
-            wait_until(lambda: cls.find(text, name_prefix), timeout=timeout)
-            return cls.find(text, name_prefix)
-
-    return Logs
-
-
-def get(addr, path="/"):
-    return parse_response(send_raw(addr, request(path=path, headers=CLOSE)))
 
 
 # --- Serving on -------------------------------------------------------------------------
@@ -66,8 +40,7 @@ def test_serve_prints_serving_on(subprocess_server):
 
 
 _SERVE_LISTEN = r"""
-import signal, sys
-signal.signal(signal.SIGINT, signal.default_int_handler)
+import sys
 sys.path.insert(0, sys.argv[1])
 import apps, rswaitress
 rswaitress.serve(apps.hello, listen=sys.argv[2])
@@ -75,35 +48,12 @@ print("SERVE RETURNED", flush=True)
 """
 
 
-def _read_lines(f, n, timeout=WAIT):
-    """``n`` lines from a child's pipe (unbuffered reads), or AssertionError in time."""
-    fd = f.fileno()
-    buf = b""
-    deadline = time.monotonic() + timeout
-    sel = selectors.DefaultSelector()
-    sel.register(fd, selectors.EVENT_READ)
-    try:
-        while buf.count(b"\n") < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                raise AssertionError(f"not {n} lines from the child in time: {buf!r}")
-            data = os.read(fd, 4096)
-            if not data:
-                raise AssertionError(f"the child closed its output: {buf!r}")
-            buf += data
-    finally:
-        sel.close()
-    return buf.decode().splitlines()[:n]
-
-
 @pytest.mark.posix_signals
 def test_serve_prints_serving_on_for_each_listen():
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE_LISTEN, TESTS_DIR,
-                             "127.0.0.1:0 127.0.0.1:0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+    child = PythonChild(_SERVE_LISTEN, TESTS_DIR, "127.0.0.1:0 127.0.0.1:0")
+    proc = child.proc
     try:
-        lines = _read_lines(proc.stderr, 2)
+        lines = child.stderr.lines(2)
         assert all(l.startswith("INFO:rswaitress:Serving on http://127.0.0.1:") for l in lines), lines
         ports = {int(l.rsplit(":", 1)[1]) for l in lines}
         assert len(ports) == 2
@@ -111,13 +61,9 @@ def test_serve_prints_serving_on_for_each_listen():
             assert get(("127.0.0.1", port)).status == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(WAIT) == 0
-        assert proc.stdout.read() == b"SERVE RETURNED\n"
+        assert child.stdout.rest() == b"SERVE RETURNED\n"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
-        proc.stderr.close()
+        child.stop()
 
 
 def test_print_listen_format(make_server, logs):

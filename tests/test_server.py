@@ -16,13 +16,10 @@ import pytest
 import apps
 import rswaitress
 from helpers import WAIT
-from rawhttp import RawClient, connect, parse_response, request, send_raw
-
-CLOSE = [("Connection", "close")]
-
+from rawhttp import CLOSE, RawClient, connect, get, parse_response, request, send_raw
 
 def get_ok(addr, path="/"):
-    r = parse_response(send_raw(addr, request(path=path, headers=CLOSE)))
+    r = get(addr, path)
     assert r.status == 200, r
     return r
 
@@ -251,7 +248,7 @@ def test_signal_stops_subprocess_server(subprocess_server, sig):
     s.proc.send_signal(sig)
     code = s.wait_exit()
     assert code == 0
-    out = s.proc.stdout.read().decode()
+    out = s.stdout.rest().decode()
     assert "RUN RETURNED" in out  # run() returned normally, no traceback escaped
     with pytest.raises(OSError):
         socket.create_connection(s.addr, timeout=1).close()
