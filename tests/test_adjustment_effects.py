@@ -13,7 +13,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -24,8 +23,20 @@ import apps
 import rswaitress
 from helpers import WAIT
 from procs import PythonChild
-from rawhttp import (CLOSE, RawClient, chunked, connect, get, parse_response, parse_responses,
-                     recv_until_close, request, send_raw, wait_until)
+from rawhttp import (
+    CLOSE,
+    RawClient,
+    chunked,
+    connect,
+    get,
+    parse_response,
+    parse_responses,
+    recv_until_close,
+    request,
+    send_raw,
+    wait_until,
+)
+
 
 def get_env(addr, path="/", headers=(), version="HTTP/1.1"):
     r = get(addr, path, headers, version=version)
@@ -57,7 +68,7 @@ def free_port(v6_too=False):
 
 
 def families(server):
-    return sorted(l.socket.family for l in server._listening)
+    return sorted(listener.socket.family for listener in server._listening)
 
 
 def can_connect(addr, timeout=1.0):

@@ -4,11 +4,9 @@ answered with a 500 (or, once the head went out, a closed connection), the app
 iterable's close() is still called, and the server keeps serving."""
 
 import logging
-import selectors
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -17,8 +15,17 @@ import pytest
 import apps
 from helpers import WAIT
 from procs import PythonChild
-from rawhttp import (CLOSE, RawClient, connect, get, parse_response, parse_responses, request,
-                     send_raw, wait_until)
+from rawhttp import (
+    CLOSE,
+    RawClient,
+    connect,
+    get,
+    parse_response,
+    parse_responses,
+    request,
+    send_raw,
+)
+
 
 @pytest.fixture(autouse=True)
 def _quiet_app_errors(caplog):

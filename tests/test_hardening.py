@@ -13,8 +13,16 @@ import pytest
 
 import apps
 from helpers import WAIT
-from rawhttp import (CLOSE, RawClient, connect, get, parse_response, parse_responses,
-                     recv_until_close, request)
+from rawhttp import (
+    CLOSE,
+    RawClient,
+    connect,
+    get,
+    parse_response,
+    parse_responses,
+    recv_until_close,
+    request,
+)
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 

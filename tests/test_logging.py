@@ -8,11 +8,8 @@ the reactor about ten times a second, or by a worker after a request), so tests 
 
 import logging
 import os
-import selectors
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -54,8 +51,9 @@ def test_serve_prints_serving_on_for_each_listen():
     proc = child.proc
     try:
         lines = child.stderr.lines(2)
-        assert all(l.startswith("INFO:rswaitress:Serving on http://127.0.0.1:") for l in lines), lines
-        ports = {int(l.rsplit(":", 1)[1]) for l in lines}
+        serving = "INFO:rswaitress:Serving on http://127.0.0.1:"
+        assert all(line.startswith(serving) for line in lines), lines
+        ports = {int(line.rsplit(":", 1)[1]) for line in lines}
         assert len(ports) == 2
         for port in ports:
             assert get(("127.0.0.1", port)).status == 200
@@ -215,7 +213,8 @@ def test_connection_limit_messages(serve_app, logs):
         # (b being taken in and then closing may add another reached/below pair)
         assert recs and {r.getMessage() for r in recs} == {below}
         assert recs[0].levelno == logging.INFO and recs[0].name == "rswaitress"
-        msgs = [r.getMessage() for r in logs.records() if "total open connections" in r.getMessage()]
+        msgs = [r.getMessage() for r in logs.records()
+                if "total open connections" in r.getMessage()]
         assert msgs[:2] == [reached, below]
         assert all(m != n for m, n in zip(msgs, msgs[1:])), msgs  # strictly alternating
     finally:

@@ -3,14 +3,10 @@ loaded with paste.deploy in a child process, every setting arriving as a string.
 
 import importlib.metadata
 import json
-import os
-import selectors
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 

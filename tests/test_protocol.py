@@ -10,7 +10,6 @@ import apps
 from helpers import WAIT
 from rawhttp import RawClient, chunked, parse_response, parse_responses, request, send_raw
 
-
 # --- persistence ------------------------------------------------------------------------
 
 

@@ -3,7 +3,6 @@ exc_info, 500 pages, the app iterator's close(), wsgi.file_wrapper, and bodies l
 than the output buffers."""
 
 import hashlib
-import logging
 import socket
 import time
 
@@ -11,8 +10,16 @@ import pytest
 
 import apps
 from helpers import WAIT
-from rawhttp import (RawClient, connect, parse_response, parse_responses, recv_until_close,
-                     request, send_raw, wait_until)
+from rawhttp import (
+    RawClient,
+    connect,
+    parse_response,
+    parse_responses,
+    recv_until_close,
+    request,
+    send_raw,
+    wait_until,
+)
 
 
 def get(addr, path="/", version="HTTP/1.1", headers=(), method="GET", timeout=WAIT):

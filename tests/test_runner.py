@@ -4,11 +4,9 @@ import http.client
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ import rswaitress
 from helpers import WAIT
 from procs import free_port, wait_listening
 from rswaitress import adjustments, runner
-
 
 APP_SOURCE = textwrap.dedent(
     """

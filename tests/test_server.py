@@ -18,6 +18,7 @@ import rswaitress
 from helpers import WAIT
 from rawhttp import CLOSE, RawClient, connect, get, parse_response, request, send_raw
 
+
 def get_ok(addr, path="/"):
     r = get(addr, path)
     assert r.status == 200, r
