@@ -23,6 +23,7 @@ PLATFORM_FEATURES = {
     "posix_signals": (lambda: sys.platform != "win32",
                       "no POSIX signals (SIGINT/SIGTERM delivered to a process)"),
     "procfs": (lambda: sys.platform.startswith("linux"), "no /proc"),
+    "posix": (lambda: os.name == "posix", "no POSIX descriptor passing or libc through ctypes"),
 }
 
 #: Comma-separated feature names (or "all") to treat as missing although the platform

@@ -551,7 +551,8 @@ def test_parse_args_errors(argv, message):
 waitress_adjustments = pytest.importorskip("waitress.adjustments")
 
 # Waitress's settings (rswaitress's own extensions are checked on their own below).
-SETTING_NAMES = [s.name for s in adj.SETTINGS if s.name not in adj.RSWAITRESS_ONLY] + ["socket_options"]
+SETTING_NAMES = [s.name for s in adj.SETTINGS if s.name not in adj.RSWAITRESS_ONLY]
+SETTING_NAMES.append("socket_options")
 
 _UNKNOWN_HEADER = re.compile(
     r"^Received unknown trusted_proxy_headers value \((.*)\) expected one of (.*)$"
