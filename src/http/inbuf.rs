@@ -5,9 +5,6 @@
 //! what is left, so each byte is moved a bounded number of times however many pipelined
 //! requests a buffer holds (a `drain` per request would make that quadratic).
 
-use std::io;
-use std::mem::MaybeUninit;
-
 #[derive(Debug, Default)]
 pub struct InBuf {
     buf: Vec<u8>,
@@ -80,25 +77,6 @@ impl InBuf {
         self.compact();
         self.buf.extend_from_slice(data);
     }
-
-    /// Receives up to `max` bytes with `recv` straight into the buffer's free space.
-    /// `recv` is given uninitialised memory it must only write to, and returns how many
-    /// bytes it wrote.
-    pub fn recv_with(
-        &mut self,
-        max: usize,
-        recv: impl FnOnce(&mut [MaybeUninit<u8>]) -> io::Result<usize>,
-    ) -> io::Result<usize> {
-        self.compact();
-        self.buf.reserve(max);
-        let spare = &mut self.buf.spare_capacity_mut()[..max];
-        let n = recv(spare)?;
-        assert!(n <= max, "recv reported more bytes than it was given room for");
-        // SAFETY: `recv` initialised the first `n` bytes of the spare capacity (its
-        // contract, as for socket2's `recv`), and `n` is within that capacity.
-        unsafe { self.buf.set_len(self.buf.len() + n) };
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
@@ -136,21 +114,5 @@ mod tests {
         }
         assert!(b.is_empty());
         assert!(b.moved <= total, "moved {} bytes for {total} received", b.moved);
-    }
-
-    #[test]
-    fn recv_with_fills_spare_room() {
-        let mut b = InBuf::new();
-        b.extend(b"ab");
-        let n = b
-            .recv_with(8, |spare| {
-                for (i, slot) in spare.iter_mut().take(3).enumerate() {
-                    slot.write(b'x' + i as u8);
-                }
-                Ok(3)
-            })
-            .unwrap();
-        assert_eq!(n, 3);
-        assert_eq!(b.data(), b"abxyz");
     }
 }

@@ -47,6 +47,12 @@ impl HeadScanner {
     pub fn scan(&mut self, buf: &[u8], max_size: usize) -> Result<Scan, HttpError> {
         let mut i = self.pos;
         while i < buf.len() {
+            // Whole blocks with nothing to report are skipped in one branch-free pass;
+            // a block that holds the end or a bad line end is walked byte by byte.
+            if i >= 2 && i + SCAN_BLOCK < buf.len() && quiet_block(&buf[i - 2..=i + SCAN_BLOCK]) {
+                i += SCAN_BLOCK;
+                continue;
+            }
             match buf[i] {
                 b'\n' => {
                     if i == 0 || buf[i - 1] != b'\r' {
@@ -74,6 +80,29 @@ impl HeadScanner {
         }
         Ok(Scan::Partial)
     }
+}
+
+/// Bytes checked at once by `quiet_block`.
+const SCAN_BLOCK: usize = 32;
+
+/// Whether positions 2..2+SCAN_BLOCK of `w` (which holds two bytes before them and one
+/// after) are free of what the scan stops at: every LF there follows a CR and every CR
+/// before the last byte is followed by an LF, and no LF is two bytes after another LF
+/// (the end of a head).
+fn quiet_block(w: &[u8]) -> bool {
+    debug_assert_eq!(w.len(), SCAN_BLOCK + 3);
+    let mut flags = 0u8;
+    for p in 2..SCAN_BLOCK + 2 {
+        let lf = (w[p] == b'\n') as u8;
+        let cr_before = (w[p - 1] == b'\r') as u8;
+        let lf_two_before = (w[p - 2] == b'\n') as u8;
+        flags |= (lf ^ cr_before) | (lf & lf_two_before);
+    }
+    // The pair (last position, byte after it): a CR there must be followed by an LF.
+    let last_cr = (w[SCAN_BLOCK + 1] == b'\r') as u8;
+    let next_lf = (w[SCAN_BLOCK + 2] == b'\n') as u8;
+    flags |= last_cr & !next_lf & 1;
+    flags == 0
 }
 
 fn too_large(max: usize) -> HttpError {
@@ -275,81 +304,115 @@ impl PartialEq for NoCase<'_> {
 impl Eq for NoCase<'_> {}
 impl Hash for NoCase<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_usize(self.0.len());
-        for &b in self.0 {
-            state.write_u8(b.to_ascii_lowercase());
+        // Lower-cased a block at a time: one write per block, not per byte (and no
+        // length prefix: the name is the whole key, so prefixes cannot collide).
+        let mut block = [0u8; 32];
+        for part in self.0.chunks(block.len()) {
+            for (dst, &b) in block.iter_mut().zip(part) {
+                *dst = b.to_ascii_lowercase();
+            }
+            state.write(&block[..part.len()]);
         }
     }
 }
 
-/// One header line kept for the head: its name as sent, its stripped value, and the
-/// index of the distinct name it belongs to.
+/// One header line kept for the head: its stripped value, and the index of the distinct
+/// name it belongs to.
 struct Line<'b> {
     value: &'b [u8],
     group: u32,
+}
+
+/// A distinct header name: as first sent, its line count and the length of its values.
+struct Group<'b> {
+    name: &'b [u8],
+    lines: u32,
+    value_len: usize,
 }
 
 /// Collects header lines into distinct names in order of first appearance, in time
 /// linear in the number of lines: a scan while there are few names, then a map keyed
 /// with a per-process random key (so that crafted names cannot make it quadratic).
 struct Groups<'b> {
-    names: Vec<&'b [u8]>,
-    /// Lines per group, counted to size the arena exactly.
-    counts: Vec<u32>,
+    groups: Vec<Group<'b>>,
     index: Option<HashMap<NoCase<'b>, u32>>,
+    /// Header lines in the head, to size the index once.
+    lines: usize,
     /// Lookups and inserts made, for the linearity test.
     #[cfg(test)]
     probes: usize,
 }
 
 impl<'b> Groups<'b> {
-    fn new() -> Self {
+    fn new(lines: usize) -> Self {
         Groups {
-            names: Vec::new(),
-            counts: Vec::new(),
+            groups: Vec::new(),
             index: None,
+            lines,
             #[cfg(test)]
             probes: 0,
         }
     }
 
-    fn group_of(&mut self, name: &'b [u8]) -> u32 {
-        if let Some(index) = &mut self.index {
-            #[cfg(test)]
-            {
-                self.probes += 1;
+    /// Adds a line of `value_len` bytes under `name`; returns its group.
+    fn add(&mut self, name: &'b [u8], value_len: usize) -> u32 {
+        let g = match &mut self.index {
+            Some(index) => {
+                #[cfg(test)]
+                {
+                    self.probes += 1;
+                }
+                let next = self.groups.len() as u32;
+                let g = *index.entry(NoCase(name)).or_insert(next);
+                if g == next {
+                    self.groups.push(Group { name, lines: 0, value_len: 0 });
+                }
+                g
             }
-            let next = self.names.len() as u32;
-            let g = *index.entry(NoCase(name)).or_insert(next);
-            if g == next {
-                self.names.push(name);
-                self.counts.push(0);
+            None => {
+                #[cfg(test)]
+                {
+                    self.probes += self.groups.len();
+                }
+                match self.groups.iter().position(|g| g.name.eq_ignore_ascii_case(name)) {
+                    Some(g) => g as u32,
+                    None => {
+                        self.groups.push(Group { name, lines: 0, value_len: 0 });
+                        if self.groups.len() > LINEAR_NAMES {
+                            let hasher = std::collections::hash_map::RandomState::new();
+                            let mut index = HashMap::with_capacity_and_hasher(self.lines, hasher);
+                            for (i, group) in self.groups.iter().enumerate() {
+                                index.insert(NoCase(group.name), i as u32);
+                            }
+                            self.index = Some(index);
+                        }
+                        self.groups.len() as u32 - 1
+                    }
+                }
             }
-            self.counts[g as usize] += 1;
-            return g;
-        }
-        for (g, known) in self.names.iter().enumerate() {
-            #[cfg(test)]
-            {
-                self.probes += 1;
-            }
-            if known.eq_ignore_ascii_case(name) {
-                self.counts[g] += 1;
-                return g as u32;
-            }
-        }
-        let g = self.names.len() as u32;
-        self.names.push(name);
-        self.counts.push(1);
-        if self.names.len() > LINEAR_NAMES {
-            let hasher = std::collections::hash_map::RandomState::new();
-            let mut index = HashMap::with_capacity_and_hasher(self.names.len() * 2, hasher);
-            for (i, n) in self.names.iter().enumerate() {
-                index.insert(NoCase(n), i as u32);
-            }
-            self.index = Some(index);
-        }
+        };
+        let group = &mut self.groups[g as usize];
+        group.lines += 1;
+        group.value_len += value_len;
         g
+    }
+}
+
+/// The header names the server itself reads, with their places in `Specials`.
+const SPECIAL_NAMES: [&[u8]; 4] = [b"connection", b"expect", b"transfer-encoding", b"content-length"];
+
+/// The groups of the names the server reads, found while the lines are collected.
+#[derive(Default)]
+struct Specials([Option<u32>; 4]);
+
+impl Specials {
+    fn note(&mut self, name: &[u8], group: u32) {
+        if !matches!(name.len(), 6 | 10 | 14 | 17) {
+            return;
+        }
+        if let Some(i) = SPECIAL_NAMES.iter().position(|s| s.eq_ignore_ascii_case(name)) {
+            self.0[i].get_or_insert(group);
+        }
     }
 }
 
@@ -371,24 +434,20 @@ fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHea
     let form = target_form(method, target)?;
     let version = if req.version == Some(0) { Version::Http10 } else { Version::Http11 };
 
-    let mut groups = Groups::new();
+    let mut groups = Groups::new(req.headers.len());
+    let mut specials = Specials::default();
     let mut lines: Vec<Line<'_>> = Vec::with_capacity(req.headers.len());
     let mut hosts = 0usize;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
+        // httparse has refused control characters (DEL included) in values already.
         let value = trim_ows(h.value);
-        if let Some(&b) = value.iter().find(|&&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err(HttpError::bad_request(format!(
-                "Invalid character 0x{b:02x} in header \"{}\"",
-                h.name
-            )));
-        }
         // A name with an underscore would collide with the dash form once both become
         // CGI names (X_Forwarded vs X-Forwarded); such headers are dropped, as Waitress does.
         if name.contains(&b'_') {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"host") {
+        if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
             if hosts > 1 {
                 return Err(HttpError::bad_request("Host header is repeated"));
@@ -397,7 +456,8 @@ fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHea
                 return Err(HttpError::bad_request("Host header is invalid"));
             }
         }
-        let group = groups.group_of(name);
+        let group = groups.add(name, value.len());
+        specials.note(name, group);
         lines.push(Line { value, group });
     }
     #[cfg(test)]
@@ -407,49 +467,53 @@ fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHea
     }
 
     // Lay the fields out in the arena: each name, then its values joined, in the order
-    // names first appeared. Each group's values are written into a slot sized from the
-    // lengths, filled as the lines are visited once in order.
-    let mut value_len = vec![0usize; groups.names.len()];
-    for line in &lines {
-        value_len[line.group as usize] += line.value.len();
-    }
-    let mut arena_len = 0usize;
-    for (g, name) in groups.names.iter().enumerate() {
-        let joins = groups.counts[g].saturating_sub(1) as usize;
-        arena_len += name.len() + value_len[g] + 2 * joins;
-    }
+    // names first appeared. Each group's values go into a slot sized from their lengths,
+    // filled as the lines are visited once in order.
+    let arena_len: usize =
+        groups.groups.iter().map(|g| g.name.len() + g.value_len + 2 * (g.lines as usize - 1)).sum();
     if arena_len > u32::MAX as usize {
         return Err(HttpError::new(431, "request head too large"));
     }
     let mut arena = vec![0u8; arena_len];
-    let mut fields: Vec<Field> = Vec::with_capacity(groups.names.len());
-    let mut cursor: Vec<usize> = Vec::with_capacity(groups.names.len());
+    let mut fields: Vec<Field> = Vec::with_capacity(groups.groups.len());
+    // Per group: where its next value goes, and how many of its lines are still to come.
+    let mut fill: Vec<(u32, u32)> = Vec::with_capacity(groups.groups.len());
     let mut pos = 0usize;
-    for (g, name) in groups.names.iter().enumerate() {
-        for (dst, &b) in arena[pos..pos + name.len()].iter_mut().zip(name.iter()) {
+    for g in &groups.groups {
+        for (dst, &b) in arena[pos..pos + g.name.len()].iter_mut().zip(g.name.iter()) {
             *dst = if b == b'-' { b'_' } else { b.to_ascii_uppercase() };
         }
-        let name_span = Span { start: pos as u32, end: (pos + name.len()) as u32 };
-        pos += name.len();
-        let joins = groups.counts[g].saturating_sub(1) as usize;
-        let end = pos + value_len[g] + 2 * joins;
-        fields.push(Field { name: name_span, value: Span { start: pos as u32, end: end as u32 } });
-        cursor.push(pos);
+        let name = Span { start: pos as u32, end: (pos + g.name.len()) as u32 };
+        pos += g.name.len();
+        let end = pos + g.value_len + 2 * (g.lines as usize - 1);
+        fields.push(Field { name, value: Span { start: pos as u32, end: end as u32 } });
+        fill.push((pos as u32, g.lines));
         pos = end;
     }
-    let mut started = vec![false; groups.names.len()];
     for line in &lines {
-        let g = line.group as usize;
-        if started[g] {
-            let at = cursor[g];
-            arena[at..at + 2].copy_from_slice(b", ");
-            cursor[g] = at + 2;
+        let (at, left) = &mut fill[line.group as usize];
+        let start = *at as usize;
+        arena[start..start + line.value.len()].copy_from_slice(line.value);
+        let mut next = start + line.value.len();
+        *left -= 1;
+        if *left > 0 {
+            arena[next..next + 2].copy_from_slice(b", ");
+            next += 2;
         }
-        started[g] = true;
-        let at = cursor[g];
-        arena[at..at + line.value.len()].copy_from_slice(line.value);
-        cursor[g] = at + line.value.len();
+        *at = next as u32;
     }
+
+    let value_of = |i: usize, arena: &[u8], fields: &[Field]| {
+        specials.0[i].map(|g| {
+            let f = fields[g as usize];
+            arena[f.value.start as usize..f.value.end as usize].to_vec()
+        })
+    };
+    let connection = value_of(0, &arena, &fields).unwrap_or_default();
+    let expect = value_of(1, &arena, &fields);
+    let te = value_of(2, &arena, &fields);
+    let cl = value_of(3, &arena, &fields);
+    let te_group = specials.0[2];
 
     let mut head = RequestHead {
         method: method.to_string(),
@@ -463,20 +527,16 @@ fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHea
         asked_keep_alive: false,
         expect_continue: false,
     };
-    let connection = head.header(b"CONNECTION").unwrap_or(b"");
-    let asked_close = has_token(connection, b"close");
-    head.asked_keep_alive = has_token(connection, b"keep-alive");
+    let asked_close = has_token(&connection, b"close");
+    head.asked_keep_alive = has_token(&connection, b"keep-alive");
     head.keep_alive = match version {
         Version::Http10 => head.asked_keep_alive && !asked_close,
         Version::Http11 => !asked_close,
     };
-    head.expect_continue = version == Version::Http11
-        && head.header(b"EXPECT").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    head.expect_continue =
+        version == Version::Http11 && expect.is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
 
-    let te = head.header(b"TRANSFER_ENCODING");
-    let cl = head.header(b"CONTENT_LENGTH");
-    let has_te = te.is_some();
-    let framing = match (te, cl) {
+    let framing = match (te.as_deref(), cl.as_deref()) {
         (Some(_), Some(_)) => {
             return Err(HttpError::bad_request("Content-Length and Transfer-Encoding are mutually exclusive"))
         }
@@ -489,9 +549,8 @@ fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHea
     };
     head.framing = framing;
     // The body is handed to the application de-chunked, so the header no longer applies.
-    if has_te {
-        let arena = &head.arena;
-        head.fields.retain(|f| &arena[f.name.start as usize..f.name.end as usize] != b"TRANSFER_ENCODING");
+    if let Some(g) = te_group {
+        head.fields.remove(g as usize);
     }
     Ok(head)
 }

@@ -90,12 +90,13 @@ pub fn inspect(py: Python<'_>, wrapper: &FileWrapper) -> Wrapped {
 #[cfg(unix)]
 fn dup_file(fd: i64) -> Option<std::fs::File> {
     use std::os::fd::BorrowedFd;
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the descriptor belongs to a live Python file object for this call; it is
-    // only borrowed long enough to duplicate it.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd as i32) };
+    // A fileno() past the range of descriptors is not one (it must not wrap around to a
+    // small number that names another open file).
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the number comes from the wrapped object's fileno(), which stays open for
+    // this call; it is only borrowed long enough to duplicate it (a number that is not an
+    // open descriptor makes the duplication fail, and the wrapper is iterated instead).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let owned = borrowed.try_clone_to_owned().ok()?;
     let file = std::fs::File::from(owned);
     // Only regular files: a pipe or socket cannot be sent with an offset.
