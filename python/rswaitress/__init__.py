@@ -36,11 +36,25 @@ def create_server(
     return _create(application, map, _start, _sock, _dispatcher, **kw)
 
 
+#: The arguments that say where to listen; without any of them, serve() uses the sockets
+#: of a socket activation (rswaitress.activation) when the process was given some.
+_ADDRESS_ARGUMENTS = frozenset({"listen", "host", "port", "unix_socket", "sockets"})
+
+
 def serve(app: WSGIApplication, **kw: Unpack[ServerOptions]) -> None:
-    """Serves ``app`` until interrupted (Ctrl-C, SIGTERM) or the server is closed."""
+    """Serves ``app`` until interrupted (Ctrl-C, SIGTERM) or the server is closed.
+
+    Without an address argument, sockets passed by socket activation (``LISTEN_FDS``,
+    see ``rswaitress.activation``) are served when there are any."""
     extra = cast("dict[str, Any]", kw)  # also holds the test-only keys below
     _server = extra.pop("_server", create_server)  # for tests: a different factory
     _quiet = extra.pop("_quiet", False)  # for tests: no logging set-up, no banner
+    if not _ADDRESS_ARGUMENTS & kw.keys():
+        from rswaitress.activation import listen_fds
+
+        inherited = listen_fds()
+        if inherited:
+            kw["sockets"] = inherited
     if not _quiet:
         logging.basicConfig()
         log = logging.getLogger("rswaitress")

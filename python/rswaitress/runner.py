@@ -15,6 +15,7 @@ import pkgutil
 import sys
 from typing import IO, Any, Callable
 
+from rswaitress.activation import ActivationError
 from rswaitress.adjustments import Adjustments
 
 #: The name shown in the usage text when no better one is known, e.g. when
@@ -301,5 +302,9 @@ def run(argv: list[str] = sys.argv, _serve: Callable[..., Any] | None = None) ->
 
         _serve = serve
 
-    _serve(app, **kw)
+    try:
+        _serve(app, **kw)
+    except ActivationError as exc:  # LISTEN_FDS names sockets that cannot be served
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     return 0
