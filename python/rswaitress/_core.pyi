@@ -7,6 +7,8 @@ from _typeshed.wsgi import WSGIApplication
 
 from rswaitress.adjustments import Adjustments
 
+__all__ = ["Server", "FileWrapper", "InputStream", "ClientDisconnected"]
+
 @final
 class Server:
     """One server: its listening sockets, its reactor and the state its workers share."""
