@@ -350,3 +350,78 @@ def test_no_activation_variables_means_no_sockets(monkeypatch):
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         monkeypatch.delenv(name, raising=False)
     assert listen_fds() == []
+
+
+# --- the example systemd units --------------------------------------------------------
+
+UNITS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "examples", "systemd")
+
+
+def _unit(name):
+    path = os.path.join(UNITS, name)
+    if not os.path.exists(path):
+        pytest.skip("examples/systemd is not beside the tests")
+    return open(path, encoding="utf-8").read()
+
+
+def _setting(text, key):
+    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith(key + "=")]
+
+
+def _local_service(tmp_path):
+    """rswaitress.service with its ExecStart pointing at this installation's
+    rswaitress-serve and WorkingDirectory at ``tmp_path`` (which holds myapp.py)."""
+    import sysconfig
+
+    script = os.path.join(sysconfig.get_path("scripts"), "rswaitress-serve")
+    if not os.path.exists(script):
+        pytest.skip("no rswaitress-serve beside this Python")
+    text = _unit("rswaitress.service")
+    (exec_start,) = _setting(text, "ExecStart")
+    (workdir,) = _setting(text, "WorkingDirectory")
+    argv = exec_start.split()
+    text = text.replace(exec_start, " ".join([script] + argv[1:]))
+    text = text.replace("WorkingDirectory=" + workdir, f"WorkingDirectory={tmp_path}")
+    (tmp_path / "myapp.py").write_text(_APP)
+    return text, [script] + argv[1:]
+
+
+def test_service_unit_leaves_the_address_to_the_socket_unit(tmp_path):
+    _text, argv = _local_service(tmp_path)
+    assert argv[-1] == "myapp:app"
+    address_options = ("--listen", "--host", "--port", "--unix-socket")
+    assert not [a for a in argv if a.startswith(address_options)], argv
+    assert _setting(_unit("rswaitress.socket"), "ListenStream") == ["127.0.0.1:8080"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_example_units_pass_systemd_analyze_verify(tmp_path):
+    text, _argv = _local_service(tmp_path)
+    (tmp_path / "rswaitress.service").write_text(text)
+    (tmp_path / "rswaitress.socket").write_text(_unit("rswaitress.socket"))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "rswaitress.socket"),
+         str(tmp_path / "rswaitress.service")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    # Unknown keys or bad values are only warnings for verify: none may be printed.
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate is not installed")
+def test_service_command_serves_the_socket_systemd_passes(tmp_path):
+    """The ExecStart command of the example service, started by systemd's activation
+    tool on a socket it bound (a Unix one here, not the unit's fixed TCP port)."""
+    _text, argv = _local_service(tmp_path)
+    path = tmp_path / "unit.sock"
+    s = Child(["systemd-socket-activate", "-l", str(path)] + argv, cwd=str(tmp_path))
+    try:
+        s.wait_for_line(lambda l: "Listening on" in l)
+        seen = _get_json(str(path))
+        assert seen["env"]["LISTEN_FDS"] is None
+        os.kill(seen["pid"], signal.SIGTERM)  # what systemctl stop sends
+        assert s.wait_exit() == 0
+    finally:
+        s.stop()

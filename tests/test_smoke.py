@@ -384,3 +384,64 @@ def test_cli_as_pid_1_sigterm_finishes_in_flight_request(children, cli_app):
         nspid = [line.split()[1:] for line in f if line.startswith("NSpid:")][0]
     assert nspid[-1] == "1", nspid  # PID 1 inside its namespace
     drain_in_flight(c, env, server_pid, port)  # unshare exits with its child's status
+
+
+# --- the example Dockerfile -------------------------------------------------------------
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def dockerfile_runtime_stage():
+    """The instructions of the last stage of examples/Dockerfile, as {NAME: [args...]}
+    (continuation lines joined, comments dropped)."""
+    path = os.path.join(EXAMPLES, "Dockerfile")
+    if not os.path.exists(path):
+        pytest.skip("examples/Dockerfile is not beside the tests")
+    logical, pending = [], ""
+    for raw in open(path, encoding="utf-8"):
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stages = []
+    for line in logical:
+        name, _, args = line.partition(" ")
+        if name.upper() == "FROM":
+            stages.append({})
+        stages[-1].setdefault(name.upper(), []).append(args.strip())
+    return stages[-1]
+
+
+def test_dockerfile_entrypoint_serves_and_stops_on_sigterm(children, tmp_path):
+    """The runtime stage: python:3.12-slim, a non-root user, SIGTERM as the stop signal,
+    and rswaitress-serve in exec form. Its ENTRYPOINT + CMD, run here as the container
+    runs them (on loopback instead of 0.0.0.0:8080, from a directory holding what the
+    Dockerfile copies to WORKDIR), serve and stop cleanly on SIGTERM."""
+    import json
+
+    stage = dockerfile_runtime_stage()
+    assert stage["FROM"] == ["python:3.12-slim"]
+    (user,) = stage["USER"]
+    assert user.split(":")[0] not in ("root", "0"), user
+    assert stage["STOPSIGNAL"] == ["SIGTERM"]
+    entrypoint = json.loads(stage["ENTRYPOINT"][0])  # exec form: a JSON array
+    cmd = json.loads(stage["CMD"][0])
+    assert entrypoint[0] == "rswaitress-serve"
+    assert "--listen=0.0.0.0:8080" in entrypoint
+    for copy in stage["COPY"]:
+        source, _dest = copy.split()
+        shutil.copy(os.path.join(os.path.dirname(EXAMPLES), source), tmp_path)
+    argv = [rswaitress_serve()] + [
+        "--listen=127.0.0.1:0" if arg == "--listen=0.0.0.0:8080" else arg
+        for arg in entrypoint[1:]
+    ] + cmd
+    c = children(argv, cwd=str(tmp_path))
+    status, _, body = get(("127.0.0.1", serving_port(c)))
+    assert (status, body) == (200, b"Hello, World!\n")
+    if sys.platform != "win32":
+        assert stop_gracefully(c) == 0
+        assert "Traceback" not in c.text(), c.text()
