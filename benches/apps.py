@@ -9,6 +9,8 @@ One app, routing on PATH_INFO:
              when the server does not provide a file_wrapper, e.g. granian)
     /post    reads the whole request body, answers with its length in bytes
     /sleep   sleeps 50 ms, then answers "slept" (occupies one worker thread)
+    /cpu     pure-Python busy work (CPU_LOOPS rounds of an integer hash, about
+             3 ms on the 2-core benchmark machine), answers the hash in decimal
 
 The data directory is passed in the environment variable RSWB_DATA_DIR by
 run.py; nginx serves the same files statically.
@@ -22,6 +24,10 @@ BODY_64K = b"x" * (64 * 1024)
 FILE_NAME = "file-8m.bin"
 FILE_SIZE = 8 * 1024 * 1024
 CHUNK = 256 * 1024
+
+# Rounds of the /cpu loop.  45,000 rounds took 3.0 ms per call on the
+# benchmark machine (Xeon, Python 3.11: cpu_work() timed over 20 calls).
+CPU_LOOPS = 45000
 
 
 def _data_dir():
@@ -45,6 +51,14 @@ def _iter_file(f):
             yield block
     finally:
         f.close()
+
+
+def cpu_work(rounds=CPU_LOOPS):
+    """Deterministic pure-Python work holding the GIL throughout."""
+    h = 0
+    for i in range(rounds):
+        h = (h * 31 + i) & 0xFFFFFFFF
+    return h
 
 
 def app(environ, start_response):
@@ -90,5 +104,8 @@ def app(environ, start_response):
     if path == "/sleep":
         time.sleep(0.05)
         return _plain(start_response, b"slept")
+
+    if path == "/cpu":
+        return _plain(start_response, str(cpu_work()).encode("ascii"))
 
     return _plain(start_response, b"Not Found", "404 Not Found")

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Side-by-side HTTP benchmark: rswaitress vs waitress, gunicorn, granian, nginx.
 
-    python benches/run.py                 # full run (about 20 minutes on 2 cores)
-    python benches/run.py --quick         # 1 run of 3 s per figure (< 5 minutes)
-    python benches/run.py --scenarios hello,post --servers rswaitress,waitress
+    python benches/run.py                 # full run: 3 x 10 s per figure (over an hour)
+    python benches/run.py --quick         # 1 x 2 s per figure (about 10 minutes)
+    python benches/run.py --list          # scenarios, variants, plan and its duration
+    python benches/run.py --scenarios hello,flask-json --servers rswaitress,granian-bt1
+    python benches/run.py --baseline-python /path/to/venv/bin/python   # + rswaitress-base
 
-See benches/README.md.  Everything runs on 127.0.0.1; every server is started
-as a subprocess on a free port and stopped by PID afterwards.
+See benches/README.md.  Everything runs on 127.0.0.1; every server variant
+is started as a subprocess on a free port and stopped by PID afterwards.
+Each figure is reported with the server's CPU time per request (its whole
+process tree, from /proc), the measure that drifts least on a shared machine.
 """
 
 import argparse
@@ -29,75 +33,201 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(BENCH_DIR, "results")
+QUICK_OUT = os.path.join(DEFAULT_OUT, "quick")  # git-ignored (benches/.gitignore)
 NGINX_TEMPLATE = os.path.join(BENCH_DIR, "nginx.conf.template")
 
 HOST = "127.0.0.1"
-THREADS = 4  # worker threads for every WSGI server
 POST_SIZE = 1024 * 1024
 FILE_SIZE = 8 * 1024 * 1024
 HELLO = b"Hello, World!"
 
-ALL_SERVERS = ["rswaitress", "waitress", "gunicorn", "granian", "nginx"]
+def _is(expected):
+    return lambda body: body == expected
 
-# name -> description.  "conns"/"threads" are wrk's -c/-t.
+
+def _length(n):
+    return lambda body: len(body) == n
+
+
+def _json_list(n):
+    def check(body):
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return False
+        return isinstance(value, list) and len(value) == n and all(
+            isinstance(x, dict) for x in value)
+    return check
+
+
+def _cpu_answer(body):
+    sys.path.insert(0, BENCH_DIR)
+    try:
+        import apps
+    finally:
+        sys.path.remove(BENCH_DIR)
+    return body == str(apps.cpu_work()).encode()
+
+
+FLASK_APP = "realapps.flaskapp:app"
+DJANGO_APP = "realapps.djsite.wsgi:application"
+
+# name -> description.  "conns"/"threads" are wrk's -c/-t; "app" the WSGI
+# callable as module:attr (default apps:app); "check" verifies one answer
+# before the load; "nginx" whether nginx has the endpoint; "needs" the
+# modules the app imports.
 SCENARIOS = {
     "hello": dict(
         title="hello (keep-alive)",
         desc='13-byte "Hello, World!", 50 keep-alive connections',
-        path="/hello", conns=50, threads=2),
+        path="/hello", conns=50, threads=2, check=_is(HELLO), nginx=True),
     "close": dict(
         title="hello, Connection: close",
         desc="same as hello, every request sends Connection: close "
              "(new TCP connection per request)",
-        path="/hello", conns=50, threads=2, headers=["Connection: close"]),
+        path="/hello", conns=50, threads=2, headers=["Connection: close"],
+        check=_is(HELLO), nginx=True),
     "64k": dict(
         title="64 KiB body",
         desc="64 KiB response body, 50 keep-alive connections",
-        path="/64k", conns=50, threads=2),
+        path="/64k", conns=50, threads=2, check=_length(64 * 1024), nginx=True),
     "file": dict(
         title="8 MiB file",
         desc="8 MiB file via wsgi.file_wrapper (nginx: static file, "
              "sendfile on), 50 keep-alive connections",
-        path="/file", conns=50, threads=2),
+        path="/file", conns=50, threads=2, check=_length(FILE_SIZE), nginx=True),
     "post": dict(
         title="1 MiB POST",
         desc="1 MiB request body, answer is the body length; "
              "50 keep-alive connections",
-        path="/post", conns=50, threads=2, lua="post"),
+        path="/post", conns=50, threads=2, lua="post", nginx=True),
     "isolation": dict(
         title="isolation (2 slow + 48 hello)",
         desc="2 connections loop on a 50 ms sleep endpoint (holding 2 of the "
              "4 threads) while 48 connections run hello; figures are hello's",
-        path="/hello", conns=48, threads=2),
+        path="/hello", conns=48, threads=2, check=_is(HELLO)),
     "idle": dict(
         title="hello + 10k idle conns",
         desc="hello with 50 connections while 10,000 idle keep-alive "
              "connections (each served one GET first) are held open",
-        path="/hello", conns=50, threads=2),
+        path="/hello", conns=50, threads=2, check=_is(HELLO), nginx=True),
+    "flask-hello": dict(
+        title="Flask hello",
+        desc='Flask view returning "Hello, World!", 50 keep-alive connections',
+        app=FLASK_APP, path="/hello", conns=50, threads=2, check=_is(HELLO),
+        needs=("flask",)),
+    "flask-json": dict(
+        title="Flask jsonify",
+        desc="Flask jsonify() of a list of 20 small dicts (1.1 KB), "
+             "50 keep-alive connections",
+        app=FLASK_APP, path="/json", conns=50, threads=2, check=_json_list(20),
+        needs=("flask",)),
+    "flask-jinja": dict(
+        title="Flask Jinja table",
+        desc="Flask view rendering a Jinja template (compiled at import) into a "
+             "60-row HTML table (5.5 KB), 50 keep-alive connections",
+        app=FLASK_APP, path="/jinja", conns=50, threads=2,
+        check=lambda body: body.count(b"<tr class=") == 60, needs=("flask",)),
+    "django-hello": dict(
+        title="Django hello",
+        desc='Django view returning "Hello, World!" through the default '
+             "middleware list, 50 keep-alive connections",
+        app=DJANGO_APP, path="/hello", conns=50, threads=2, check=_is(HELLO),
+        needs=("django",)),
+    "django-orm": dict(
+        title="Django ORM 20 rows",
+        desc="Django view reading 20 of 100 rows from SQLite through the ORM "
+             "and answering them as JSON (1.3 KB), 50 keep-alive connections",
+        app=DJANGO_APP, path="/orm", conns=50, threads=2, check=_json_list(20),
+        needs=("django",)),
+    "cpu": dict(
+        title="CPU-bound 3 ms view",
+        desc="pure-Python view computing for about 3 ms per request (GIL held), "
+             "20 keep-alive connections; one process, and two (-w2 variants)",
+        path="/cpu", conns=20, threads=2, check=_cpu_answer),
+    "heads": dict(
+        title="hello + hostile heads",
+        desc="hello on 50 keep-alive connections while 4 other connections "
+             "send, back to back, request heads just under 256 KiB (a request "
+             "line, Host and ~52,000 `a:b` lines: within the 262,144-byte "
+             "max_request_header_size of Waitress and rswaitress); figures are "
+             "hello's, with the heads running and alone",
+        path="/hello", conns=50, threads=2, check=_is(HELLO), nginx=True),
 }
 SCENARIO_ALIASES = {
     "keepalive": "hello", "hello-close": "close", "noka": "close",
     "nokeepalive": "close", "64kib": "64k", "big": "64k", "8m": "file",
     "sendfile": "file", "upload": "post", "sleep": "isolation",
-    "idle10k": "idle", "c10k": "idle",
+    "idle10k": "idle", "c10k": "idle", "flask": "flask-hello",
+    "django": "django-hello", "orm": "django-orm", "jinja": "flask-jinja",
+    "json": "flask-json", "cpu-bound": "cpu",
 }
 
-SERVER_NOTES = {
-    "rswaitress": "`rswaitress.serve(app, host, port, threads=4)`",
-    "waitress": "`waitress.serve(app, host, port, threads=4)`",
-    "gunicorn": "`gunicorn -k gthread --workers 1 --threads 4`",
-    "granian": "`granian --interface wsgi --workers 1 --runtime-threads 1 "
-               "--blocking-threads 4` (4 blocking threads = the 4 WSGI "
-               "threads the others get; 1 Rust I/O runtime thread, the "
-               "default). Granian has no `wsgi.file_wrapper`, so /file is "
-               "served by iterating the file in 256 KiB chunks",
-    "nginx": "nginx, 1 worker process, static answers (see "
-             "benches/nginx.conf.template); not a WSGI server, a ceiling",
+# Server variants: one server kind ("server") in one configuration.  A kind
+# can appear several times in a run, e.g. at its defaults and at its best.
+#   kwargs:  keyword arguments of serve() (rswaitress, waitress)
+#   args:    command-line arguments (gunicorn, granian)
+#   only:    scenarios the variant joins by default (None: every scenario it
+#            can run); --servers overrides the defaults.
+VARIANTS = {
+    "rswaitress": dict(
+        server="rswaitress", kwargs={},
+        desc="`rswaitress.serve(app, host=, port=)`: its defaults (threads=4)"),
+    "rswaitress-t1": dict(
+        server="rswaitress", kwargs={"threads": 1},
+        desc="`rswaitress.serve(app, host=, port=, threads=1)`"),
+    "waitress": dict(
+        server="waitress", kwargs={},
+        desc="`waitress.serve(app, host=, port=)`: its defaults (threads=4)"),
+    "gunicorn": dict(
+        server="gunicorn", args=["-k", "gthread", "--workers", "1", "--threads", "4"],
+        desc="`gunicorn -k gthread --workers 1 --threads 4`"),
+    "gunicorn-sync": dict(
+        server="gunicorn", args=[],
+        desc="`gunicorn`: its defaults (1 sync worker: one request at a time, "
+             "no keep-alive)"),
+    "granian": dict(
+        server="granian", args=[],
+        desc="`granian --interface wsgi`: its defaults (1 worker, 1 runtime "
+             "thread, blocking threads = backpressure/2 = 512, started on demand)"),
+    "granian-bt1": dict(
+        server="granian", args=["--blocking-threads", "1"],
+        desc="`granian --interface wsgi --blocking-threads 1`"),
+    "granian-bt4": dict(
+        server="granian", args=["--blocking-threads", "4"],
+        desc="`granian --interface wsgi --blocking-threads 4` (4 threads, like "
+             "the others; the configuration of earlier runs' `granian` column)"),
+    "rswaitress-w2": dict(
+        server="rswaitress", kwargs={"workers": 2}, only=("cpu",),
+        desc="`rswaitress.serve(app, host=, port=, workers=2)`: 2 processes "
+             "(\"not available\" while serve() has no `workers`)"),
+    "gunicorn-w2": dict(
+        server="gunicorn", args=["-k", "gthread", "--workers", "2", "--threads", "4"],
+        only=("cpu",), desc="`gunicorn -k gthread --workers 2 --threads 4`"),
+    "granian-w2": dict(
+        server="granian", args=["--workers", "2", "--blocking-threads", "4"],
+        only=("cpu",), desc="`granian --interface wsgi --workers 2 --blocking-threads 4`"),
+    "granian-w2-bt1": dict(
+        server="granian", args=["--workers", "2", "--blocking-threads", "1"],
+        only=("cpu",), desc="`granian --interface wsgi --workers 2 --blocking-threads 1`"),
+    "nginx": dict(
+        server="nginx",
+        desc="nginx, 1 worker process, static answers (see "
+             "benches/nginx.conf.template); not a WSGI server, a ceiling"),
 }
+SERVER_KINDS = ["rswaitress", "waitress", "gunicorn", "granian", "nginx"]
+SERVER_NOTES = {
+    "granian": "Granian has no `wsgi.file_wrapper`, so its /file is served by "
+               "iterating the file in 256 KiB chunks. Every granian variant "
+               "also gets `--log-level warning --no-ws`.",
+    "gunicorn": "Every gunicorn variant also gets `--log-level warning`.",
+}
+
 IDLE_NOTES = {
     "rswaitress": "connection_limit=12000, channel_timeout=300, "
                   "asyncore_use_poll=True (same knobs as waitress; dropped "
@@ -106,7 +236,9 @@ IDLE_NOTES = {
                 "asyncore_use_poll=True (select() cannot watch fds >= 1024)",
     "gunicorn": "--worker-connections 12000 (default 1000), --keep-alive 300 "
                 "(default 2 s)",
-    "granian": "--backpressure 12000, --http1-header-read-timeout 60000 (max)",
+    "granian": "--backpressure 12000, --http1-header-read-timeout 60000 (max); "
+               "the defaults variant then has up to 6,000 blocking threads "
+               "(backpressure/2, started on demand)",
     "nginx": "worker_connections 12000, keepalive_timeout 300s (always)",
 }
 
@@ -126,11 +258,76 @@ def find_nginx():
         None)
 
 
-def ensure_tools(servers, no_install):
+PROBE = r"""
+import importlib.util, json, os, subprocess, sys
+out = {"executable": sys.executable, "python": sys.version.split()[0],
+       "venv": sys.prefix != sys.base_prefix}
+for name in ("rswaitress", "waitress", "flask", "django"):
+    out[name] = importlib.util.find_spec(name) is not None
+if out["rswaitress"]:
+    try:
+        import rswaitress
+        rswaitress.serve
+        from importlib import metadata
+        out["rswaitress_version"] = metadata.version("rswaitress")
+        out["rswaitress_file"] = rswaitress.__file__
+    except Exception as exc:
+        out["rswaitress"] = False
+        out["rswaitress_error"] = "%s: %s" % (type(exc).__name__, exc)
+print(json.dumps(out))
+"""
+
+
+def server_env(tmp=None):
+    """Environment of every server process (and of the interpreter probes)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=BENCH_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if tmp:
+        env["RSWB_DATA_DIR"] = tmp
+    return env
+
+
+def probe_python(python):
+    """What `python` imports when started as the servers are (same
+    environment and working directory)."""
+    try:
+        p = subprocess.run([python, "-c", PROBE], capture_output=True, text=True,
+                           env=server_env(), cwd=BENCH_DIR, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": str(exc)}
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def source_revision(path):
+    """'git <hash>[ +changes]' of the checkout holding `path`, if it is one."""
+    d = os.path.dirname(path)
+    p = subprocess.run(["git", "-C", d, "log", "-1", "--format=%h"],
+                       capture_output=True, text=True)
+    if p.returncode != 0 or not p.stdout.strip():
+        return None
+    rev = "git " + p.stdout.strip()
+    top = subprocess.run(["git", "-C", d, "rev-parse", "--show-toplevel"],
+                         capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", top, "status", "--porcelain", "--", "src", "python"],
+                           capture_output=True, text=True).stdout.strip()
+    return rev + (" +uncommitted changes" if dirty else "")
+
+
+def pip_install(python, pkgs):
+    log("installing %s with pip into %s ..." % (" ".join(pkgs), python))
+    subprocess.run([python, "-m", "pip", "install", "-q"] + pkgs)
+
+
+def ensure_tools(variants, need_modules, no_install):
+    """Install what the run needs; return the variants that can run, and
+    the interpreter probes (python -> probe)."""
+    kinds = {VARIANTS[v]["server"] for v in variants}
     need_apt = []
     if not shutil.which("wrk"):
         need_apt.append("wrk")
-    if "nginx" in servers and not find_nginx():
+    if "nginx" in kinds and not find_nginx():
         need_apt.append("nginx")
     if need_apt and not no_install:
         log("installing %s with apt-get ..." % " ".join(need_apt))
@@ -141,48 +338,82 @@ def ensure_tools(servers, no_install):
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed and could not be installed "
                  "(apt-get install -y wrk); giving up")
-    if "nginx" in servers and not find_nginx():
+    missing = set()
+    if "nginx" in kinds and not find_nginx():
         log("nginx is not available; skipping it")
-        servers.remove("nginx")
+        missing.add("nginx")
 
-    modules = {"waitress": "waitress", "gunicorn": "gunicorn",
-               "granian": "granian"}
-    pkgs = [modules[s] for s in servers
-            if s in modules and importlib.util.find_spec(modules[s]) is None]
-    if importlib.util.find_spec("matplotlib") is None:
-        pkgs.append("matplotlib")
+    # Packages for the interpreter running this script (which also runs
+    # waitress, gunicorn and granian, and the current rswaitress).
+    wanted = [k for k in ("waitress", "gunicorn", "granian") if k in kinds]
+    wanted += ["matplotlib"] + sorted(need_modules)
+    pkgs = [m for m in wanted if importlib.util.find_spec(m) is None]
     if pkgs and not no_install:
-        log("installing %s with pip ..." % " ".join(pkgs))
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q"] + pkgs)
+        pip_install(sys.executable, pkgs)
         importlib.invalidate_caches()
-    for s, mod in modules.items():
-        if s in servers and importlib.util.find_spec(mod) is None:
-            log("%s is not importable; skipping it" % s)
-            servers.remove(s)
+    for k in ("waitress", "gunicorn", "granian"):
+        if k in kinds and importlib.util.find_spec(k) is None:
+            log("%s is not importable; skipping it" % k)
+            missing.add(k)
 
-    if "rswaitress" in servers:
-        probe = subprocess.run(
-            [sys.executable, "-c", "import rswaitress; rswaitress.serve"],
-            capture_output=True, text=True)
-        if probe.returncode != 0:
-            last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-            log("rswaitress is not importable (%s); skipping it. "
-                "Install it first with `pip install .` in the repository." % last)
-            servers.remove("rswaitress")
+    probes = {}
+    for python in sorted({VARIANTS[v].get("python") or sys.executable for v in variants
+                          if VARIANTS[v]["server"] == "rswaitress"}):
+        probe = probe_python(python)
+        absent = [m for m in sorted(need_modules) if not probe.get(m)]
+        if absent and probe.get("venv") and not no_install:
+            pip_install(python, absent)
+            probe = probe_python(python)
+        probes[python] = probe
+        if not probe.get("rswaitress"):
+            why = probe.get("rswaitress_error") or probe.get("error") or "not installed"
+            log("rswaitress is not importable by %s (%s). Install it first with "
+                "`pip install .` in the repository." % (python, why))
+    kept = []
+    for v in variants:
+        spec = VARIANTS[v]
+        if spec["server"] in missing:
+            continue
+        if spec["server"] == "rswaitress":
+            probe = probes[spec.get("python") or sys.executable]
+            if not probe.get("rswaitress"):
+                log("skipping %s: rswaitress not importable" % v)
+                continue
+        kept.append(v)
+    return kept, probes
 
 
-def versions(servers):
+def versions(variants, probes, need_modules):
     from importlib import metadata
     out = {}
-    for name in servers:
-        if name == "nginx":
+    for v in variants:
+        spec = VARIANTS[v]
+        kind = spec["server"]
+        if kind == "rswaitress":
+            python = spec.get("python") or sys.executable
+            key = "rswaitress" if python == sys.executable else v
+            if key in out:
+                continue
+            probe = probes[python]
+            text = probe.get("rswaitress_version", "?")
+            rev = source_revision(probe["rswaitress_file"]) if "rswaitress_file" in probe else None
+            where = probe.get("rswaitress_file", "?")
+            out[key] = "%s (%s%s)" % (text, where, ", " + rev if rev else "")
+        elif kind in out:
+            continue
+        elif kind == "nginx":
             p = subprocess.run([find_nginx(), "-v"], capture_output=True, text=True)
-            out[name] = (p.stderr or p.stdout).strip().split("/")[-1]
+            out[kind] = (p.stderr or p.stdout).strip().split("/")[-1]
         else:
             try:
-                out[name] = metadata.version(name)
+                out[kind] = metadata.version(kind)
             except metadata.PackageNotFoundError:
-                out[name] = "?"
+                out[kind] = "?"
+    for m in sorted(need_modules):
+        try:
+            out[m] = metadata.version(m)
+        except metadata.PackageNotFoundError:
+            out[m] = "?"
     p = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
     m = re.search(r"wrk (\S+)", p.stdout + p.stderr)
     out["wrk"] = m.group(1) if m else "?"
@@ -266,6 +497,30 @@ def rss_kib(pid):
     return total
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def tree_cpu_seconds(pid):
+    """CPU time (user + system) used so far by process `pid` and all its
+    descendants, in seconds.
+
+    /proc/PID/stat fields 14-15 (utime, stime) cover every thread of a
+    process, the exited ones too; fields 16-17 (cutime, cstime) hold the
+    children it has already reaped.  Summing all four over the live tree
+    counts each process once whether it is still running or was reaped
+    during the measurement."""
+    total = 0
+    for p in [pid] + descendants(pid):
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / CLK_TCK
+
+
 def pid_alive(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
@@ -304,59 +559,67 @@ def stop_process(proc, grace=8.0):
         pass
 
 
+NOT_AVAILABLE_EXIT = 75  # launcher: serve() does not know an option of the variant
+
 PY_LAUNCHER = r"""
-import sys
+import importlib, sys
 sys.path.insert(0, %(bench)r)
-from apps import app
-from %(module)s import serve
-kw = dict(host=%(host)r, port=%(port)d, threads=%(threads)d)
+module, attr = %(target)r.split(":")
+app = getattr(importlib.import_module(module), attr)
+from %(server)s import serve
+kw = dict(host=%(host)r, port=%(port)d)
+variant = %(kwargs)r
 extra = %(extra)r
 try:
-    serve(app, **kw, **extra)
+    serve(app, **kw, **variant, **extra)
 except (TypeError, ValueError) as exc:
+    if any(str(exc) == "Unknown adjustment %%r" %% (k,) for k in variant):
+        print("LAUNCHER: NOT AVAILABLE: serve() raised %%s(%%r)" %% (type(exc).__name__, str(exc)),
+              file=sys.stderr, flush=True)
+        sys.exit(%(na_exit)d)
     if not extra:
         raise
     print("LAUNCHER: serve() rejected %%r (%%s); using defaults" %% (sorted(extra), exc),
           file=sys.stderr, flush=True)
-    serve(app, **kw)
+    serve(app, **kw, **variant)
 """
 
 
-def server_command(name, port, scenario, tmp):
-    """argv for starting server `name` on `port` for `scenario`."""
+def server_command(variant, port, scenario, tmp):
+    """argv for starting `variant` on `port` for `scenario`."""
+    spec = VARIANTS[variant]
+    kind = spec["server"]
     idle = scenario == "idle"
-    if name in ("rswaitress", "waitress"):
+    target = SCENARIOS[scenario].get("app", "apps:app")
+    if kind in ("rswaitress", "waitress"):
         extra = {}
         if idle:
             extra = dict(connection_limit=12000, channel_timeout=300,
                          asyncore_use_poll=True)
-        code = PY_LAUNCHER % dict(bench=BENCH_DIR, module=name, host=HOST,
-                                  port=port, threads=THREADS, extra=extra)
-        return [sys.executable, "-c", code]
-    if name == "gunicorn":
-        argv = [sys.executable, "-m", "gunicorn", "-k", "gthread",
-                "--workers", "1", "--threads", str(THREADS),
-                "--bind", "%s:%d" % (HOST, port), "--chdir", BENCH_DIR,
-                "--log-level", "warning"]
+        code = PY_LAUNCHER % dict(bench=BENCH_DIR, target=target, server=kind, host=HOST,
+                                  port=port, kwargs=spec["kwargs"], extra=extra,
+                                  na_exit=NOT_AVAILABLE_EXIT)
+        return [spec.get("python") or sys.executable, "-c", code]
+    if kind == "gunicorn":
+        argv = [sys.executable, "-m", "gunicorn"] + spec["args"] + [
+            "--bind", "%s:%d" % (HOST, port), "--chdir", BENCH_DIR,
+            "--log-level", "warning"]
         if idle:
             argv += ["--worker-connections", "12000", "--keep-alive", "300"]
-        return argv + ["apps:app"]
-    if name == "granian":
-        argv = [sys.executable, "-m", "granian", "--interface", "wsgi",
-                "--workers", "1", "--runtime-threads", "1",
-                "--blocking-threads", str(THREADS),
-                "--host", HOST, "--port", str(port),
-                "--working-dir", BENCH_DIR, "--log-level", "warning",
-                "--no-ws"]
+        return argv + [target]
+    if kind == "granian":
+        argv = [sys.executable, "-m", "granian", "--interface", "wsgi"] + spec["args"] + [
+            "--host", HOST, "--port", str(port), "--working-dir", BENCH_DIR,
+            "--log-level", "warning", "--no-ws"]
         if idle:
             argv += ["--backpressure", "12000",
                      "--http1-header-read-timeout", "60000"]
-        return argv + ["apps:app"]
-    if name == "nginx":
+        return argv + [target]
+    if kind == "nginx":
         conf = write_nginx_conf(port, tmp)
         return [find_nginx(), "-p", tmp + "/", "-c", conf,
                 "-e", os.path.join(tmp, "nginx-error.log")]
-    raise ValueError(name)
+    raise ValueError(variant)
 
 
 def write_nginx_conf(port, tmp):
@@ -372,6 +635,10 @@ def write_nginx_conf(port, tmp):
 
 class ServerFailed(Exception):
     pass
+
+
+class NotAvailable(Exception):
+    """The variant's configuration does not exist in the server tried."""
 
 
 def http_get(port, method, path, body=None, timeout=15):
@@ -390,6 +657,10 @@ def wait_ready(proc, port, logpath, timeout=30.0):
     last = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if proc.returncode == NOT_AVAILABLE_EXIT:
+                line = [l for l in tail(logpath, 50).split(" | ") if "NOT AVAILABLE" in l]
+                raise NotAvailable((line or ["serve() rejected an option"])[-1]
+                                   .replace("LAUNCHER: NOT AVAILABLE: ", ""))
             raise ServerFailed("exited with %s: %s" % (proc.returncode, tail(logpath)))
         try:
             with socket.create_connection((HOST, port), timeout=1):
@@ -412,8 +683,7 @@ def check_endpoint(port, scenario):
         ok = status == 200 and body.strip() == str(POST_SIZE).encode()
     else:
         status, body = http_get(port, "GET", sc["path"])
-        want = {"/hello": len(HELLO), "/64k": 64 * 1024, "/file": FILE_SIZE}
-        ok = status == 200 and len(body) == want[sc["path"]]
+        ok = status == 200 and sc["check"](body)
     if not ok:
         raise ServerFailed("sanity check of %s failed: %s, %d bytes %r"
                            % (sc["path"], status, len(body), body[:40]))
@@ -477,11 +747,16 @@ def wrk_argv(port, path, conns, threads, duration, headers=(), lua=None):
     return argv + ["http://%s:%d%s" % (HOST, port, path)]
 
 
-def run_wrk_procs(argvs, delays, timeout):
+def run_wrk_procs(argvs, delays, timeout, cpu_pid=None):
     """Run several wrk processes concurrently (argv i started after delay i);
-    return their stdout texts.  Every process is killed by PID on error."""
+    return their stdout texts, and the CPU seconds the process tree of
+    `cpu_pid` used from just before the first wrk started to just after
+    the last one ended (None without cpu_pid).  Every process is killed by
+    PID on error."""
     procs = []
+    cpu = None
     try:
+        cpu0 = tree_cpu_seconds(cpu_pid) if cpu_pid else None
         t0 = time.monotonic()
         for argv, delay in zip(argvs, delays):
             wait = t0 + delay - time.monotonic()
@@ -493,7 +768,9 @@ def run_wrk_procs(argvs, delays, timeout):
         for p in procs:
             out, _ = p.communicate(timeout=timeout)
             outs.append(out)
-        return outs
+        if cpu_pid:
+            cpu = tree_cpu_seconds(cpu_pid) - cpu0
+        return outs, cpu
     finally:
         for p in procs:
             if p.poll() is None:
@@ -502,6 +779,14 @@ def run_wrk_procs(argvs, delays, timeout):
                 except ProcessLookupError:
                     pass
                 p.wait()
+
+
+def add_cpu(res, cpu_s, requests):
+    """CPU seconds of the server in a measured run, and per request."""
+    res["cpu_s"] = round(cpu_s, 3) if cpu_s is not None else None
+    res["cpu_requests"] = requests
+    res["cpu_us_per_req"] = (cpu_s * 1e6 / requests) if (cpu_s is not None and requests) else None
+    return res
 
 
 # --------------------------------------------------------------------------
@@ -637,6 +922,122 @@ class IdlePool:
 
 
 # --------------------------------------------------------------------------
+# hostile request heads
+# --------------------------------------------------------------------------
+
+HEAD_LIMIT = 262144   # max_request_header_size default of Waitress and rswaitress
+HEAD_MARGIN = 1024    # stay this far under it
+HEADS_CLIENTS = 4
+
+
+def hostile_head():
+    """A request head just under HEAD_LIMIT bytes: the request line, Host,
+    then as many 5-byte `a:b` header lines as fit.  Returns (bytes, lines)."""
+    start = ("GET /hello HTTP/1.1\r\nHost: %s\r\n" % HOST).encode()
+    line = b"a:b\r\n"
+    n = (HEAD_LIMIT - HEAD_MARGIN - len(start) - 2) // len(line)
+    return start + line * n + b"\r\n", n
+
+
+HOSTILE_HEAD, HOSTILE_LINES = hostile_head()
+
+
+class HeadsLoad:
+    """`clients` threads; each opens a connection, sends one hostile head,
+    reads the answer (whatever its status) or the close, and starts again,
+    until stop() or `time_limit` seconds have passed.  Every socket
+    operation times out after io_timeout seconds."""
+
+    def __init__(self, port, head, clients=HEADS_CLIENTS, time_limit=120.0, io_timeout=10.0):
+        self.port, self.head, self.clients = port, head, clients
+        self.time_limit, self.io_timeout = time_limit, io_timeout
+        self.answered = 0
+        self.outcomes = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._socks = {}
+        self._threads = []
+
+    def start(self):
+        self.deadline = time.monotonic() + self.time_limit
+        for i in range(self.clients):
+            t = threading.Thread(target=self._client, args=(i,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wait_answered(self, n, timeout):
+        end = time.monotonic() + timeout
+        while self.answered < n and time.monotonic() < end:
+            time.sleep(0.02)
+
+    def stop(self):
+        self._stop.set()
+        with self._lock:
+            socks = list(self._socks.values())
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(self.io_timeout + 5)
+
+    def _client(self, i):
+        while not self._stop.is_set() and time.monotonic() < self.deadline:
+            s = None
+            try:
+                s = socket.create_connection((HOST, self.port), timeout=self.io_timeout)
+                with self._lock:
+                    self._socks[i] = s
+                try:
+                    s.sendall(self.head)
+                    outcome = self._answer(s)
+                except (BrokenPipeError, ConnectionResetError):
+                    # the server stopped reading: what did it answer, if anything?
+                    try:
+                        outcome = self._answer(s)
+                    except OSError:
+                        outcome = "reset before an answer"
+            except socket.timeout:
+                outcome = "no answer in %.0f s" % self.io_timeout
+            except OSError as exc:
+                outcome = "error " + (errno.errorcode.get(exc.errno) or str(exc))
+            finally:
+                with self._lock:
+                    self._socks.pop(i, None)
+                if s is not None:
+                    s.close()
+            if self._stop.is_set():
+                break  # cut short by stop(): not an outcome
+            with self._lock:
+                self.answered += 1
+                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    @staticmethod
+    def _answer(s):
+        """Read one response; return its status code, or how it ended."""
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = s.recv(65536)
+            if not data:
+                return ("closed after a partial answer" if buf
+                        else "closed without an answer")
+            buf += data
+        head, _, body = buf.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0].split(b" ")
+        code = status[1].decode("latin-1") if len(status) > 1 else "?"
+        m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if m:
+            need = int(m.group(1)) - len(body)
+            while need > 0:
+                data = s.recv(min(need, 65536))
+                if not data:
+                    break
+                need -= len(data)
+        return code
+
+
+# --------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------
 
@@ -645,21 +1046,34 @@ def median(values):
     return statistics.median(values) if values else None
 
 
-def bench_one(server, scenario, args, tmp, rawdir):
-    """Start `server`, load it with `scenario` args.runs times, stop it."""
+def unavailable_reason(variant, scenario, probes):
+    """Why `variant` cannot run `scenario` (None when it can)."""
+    sc = SCENARIOS[scenario]
+    spec = VARIANTS[variant]
+    if spec["server"] == "nginx" and not sc.get("nginx"):
+        return "nginx serves static answers only; no WSGI application to run here"
+    for module in sc.get("needs", ()):
+        if spec["server"] == "rswaitress":
+            python = spec.get("python") or sys.executable
+            if not probes.get(python, {}).get(module):
+                return "%s is not importable by %s" % (module, python)
+        elif importlib.util.find_spec(module) is None:
+            return "%s is not importable" % module
+    return None
+
+
+def bench_one(variant, scenario, args, tmp, rawdir, probes):
+    """Start `variant`, load it with `scenario` args.runs times, stop it."""
     sc = SCENARIOS[scenario]
     entry = {"status": "ok", "runs": [], "note": ""}
-    if scenario == "isolation" and server == "nginx":
-        entry.update(status="skipped",
-                     note="nginx has no worker threads to occupy and no sleep "
-                          "endpoint without extra modules")
+    why = unavailable_reason(variant, scenario, probes)
+    if why:
+        entry.update(status="not available", note=why)
         return entry
 
     port = free_port()
-    logpath = os.path.join(tmp, "%s-%s.log" % (server, scenario))
-    env = dict(os.environ, RSWB_DATA_DIR=tmp, PYTHONUNBUFFERED="1",
-               PYTHONPATH=BENCH_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    argv = server_command(server, port, scenario, tmp)
+    logpath = os.path.join(tmp, "%s-%s.log" % (variant, scenario))
+    argv = server_command(variant, port, scenario, tmp)
     lua = os.path.join(tmp, "post.lua") if sc.get("lua") == "post" else None
     main_argv = wrk_argv(port, sc["path"], sc["conns"], sc["threads"],
                          args.duration, sc.get("headers", ()), lua)
@@ -669,7 +1083,7 @@ def bench_one(server, scenario, args, tmp, rawdir):
     logf = open(logpath, "wb")
     try:
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
-                                env=env, cwd=BENCH_DIR, start_new_session=True)
+                                env=server_env(tmp), cwd=BENCH_DIR, start_new_session=True)
         wait_ready(proc, port, logpath)
         check_endpoint(port, scenario)
         if args.warmup > 0:
@@ -686,7 +1100,7 @@ def bench_one(server, scenario, args, tmp, rawdir):
             time.sleep(0.5)
             entry["rss_idle_kib"] = rss_kib(proc.pid)
             log("    %s: %d/%d idle connections open after %.1f s%s"
-                % (server, len(pool.socks), args.idle_conns, entry["idle_open_s"],
+                % (variant, len(pool.socks), args.idle_conns, entry["idle_open_s"],
                    (" errors: %s" % pool.errors) if pool.errors else ""))
             if proc.poll() is not None:
                 raise ServerFailed("died while opening idle connections: "
@@ -694,28 +1108,57 @@ def bench_one(server, scenario, args, tmp, rawdir):
         for i in range(args.runs):
             if scenario == "isolation":
                 sleeper = wrk_argv(port, "/sleep", 2, 1, args.duration + 1)
-                out_sleep, out = run_wrk_procs([sleeper, main_argv], [0, 0.5],
-                                               args.duration + 60)[:2]
+                (out_sleep, out), cpu = run_wrk_procs([sleeper, main_argv], [0, 0.5],
+                                                      args.duration + 60, proc.pid)
                 res = parse_wrk(out)
                 s = parse_wrk(out_sleep)
                 res["sleeper_rps"] = s["rps"]
                 res["sleeper_errors"] = s["errors"]
+                add_cpu(res, cpu, res["requests"] + s["requests"])
                 raw = out + "\n--- sleeper ---\n" + out_sleep
-            else:
-                out = run_wrk_procs([main_argv], [0], args.duration + 60)[0]
+            elif scenario == "heads":
+                (out_alone,), cpu = run_wrk_procs([main_argv], [0], args.duration + 60, proc.pid)
+                alone = parse_wrk(out_alone)
+                add_cpu(alone, cpu, alone["requests"])
+                heads = HeadsLoad(port, HOSTILE_HEAD, time_limit=args.duration + 60)
+                try:
+                    heads.start()
+                    heads.wait_answered(1, 5.0)
+                    n0, t0 = heads.answered, time.monotonic()
+                    (out,), cpu = run_wrk_procs([main_argv], [0], args.duration + 60, proc.pid)
+                    n1, t1 = heads.answered, time.monotonic()
+                finally:
+                    heads.stop()
                 res = parse_wrk(out)
+                add_cpu(res, cpu, res["requests"])
+                res["alone"] = alone
+                res["heads_answered"] = n1 - n0
+                res["heads_per_s"] = (n1 - n0) / (t1 - t0)
+                res["head_outcomes"] = dict(heads.outcomes)
+                raw = ("--- hello alone ---\n" + out_alone
+                       + "\nserver CPU: %s s for %s requests\n" % (alone["cpu_s"], alone["cpu_requests"])
+                       + "\n--- hello with %d clients sending %d-byte heads ---\n"
+                       % (HEADS_CLIENTS, len(HOSTILE_HEAD)) + out
+                       + "\nhead answers: %s\n" % res["head_outcomes"])
+            else:
+                (out,), cpu = run_wrk_procs([main_argv], [0], args.duration + 60, proc.pid)
+                res = parse_wrk(out)
+                add_cpu(res, cpu, res["requests"])
                 raw = out
             if scenario == "idle":
                 res["rss_kib"] = rss_kib(proc.pid)
                 res["idle_still_open"] = pool.count_open()
             entry["runs"].append(res)
-            with open(os.path.join(rawdir, "%s-%s-run%d.txt" % (scenario, server, i + 1)), "w") as f:
+            with open(os.path.join(rawdir, "%s-%s-run%d.txt" % (scenario, variant, i + 1)), "w") as f:
                 f.write(" ".join(argv[:1] + [a for a in argv[1:] if "\n" not in a])
-                        + "\n" + entry["wrk"] + "\n\n" + raw)
+                        + "\n" + entry["wrk"] + "\n\n" + raw
+                        + "\nserver CPU: %s s for %s requests\n" % (res["cpu_s"], res["cpu_requests"]))
             if proc.poll() is not None:
                 raise ServerFailed("server exited during the run: " + tail(logpath))
         if "LAUNCHER: serve() rejected" in tail(logpath, 50):
             entry["note"] = "serve() rejected the idle-scenario options; ran with defaults"
+    except NotAvailable as exc:
+        entry.update(status="not available", note=str(exc)[:400])
     except ServerFailed as exc:
         entry.update(status="failed", note=str(exc)[:400])
     except (subprocess.TimeoutExpired, OSError, http.client.HTTPException) as exc:
@@ -731,6 +1174,7 @@ def bench_one(server, scenario, args, tmp, rawdir):
             "rps": median([r["rps"] for r in runs]),
             "p50_ms": median([r["p50_ms"] for r in runs]),
             "p99_ms": median([r["p99_ms"] for r in runs]),
+            "cpu_us_per_req": median([r["cpu_us_per_req"] for r in runs]),
         }
         entry["errors_total"] = sum(r["errors"] for r in runs)
         if scenario == "idle":
@@ -738,6 +1182,18 @@ def bench_one(server, scenario, args, tmp, rawdir):
             entry["median"]["idle_still_open"] = median([r["idle_still_open"] for r in runs])
         if scenario == "isolation":
             entry["median"]["sleeper_rps"] = median([r["sleeper_rps"] for r in runs])
+        if scenario == "heads":
+            m = entry["median"]
+            m["alone_rps"] = median([r["alone"]["rps"] for r in runs])
+            m["alone_p99_ms"] = median([r["alone"]["p99_ms"] for r in runs])
+            m["alone_cpu_us_per_req"] = median([r["alone"]["cpu_us_per_req"] for r in runs])
+            m["heads_per_s"] = median([r["heads_per_s"] for r in runs])
+            entry["errors_total"] += sum(r["alone"]["errors"] for r in runs)
+            outcomes = {}
+            for r in runs:
+                for k, n in r["head_outcomes"].items():
+                    outcomes[k] = outcomes.get(k, 0) + n
+            entry["head_outcomes"] = outcomes
     return entry
 
 
@@ -769,38 +1225,80 @@ def fmt_ms(v):
     if v is None:
         return "-"
     if v < 1:
-        return "%.0f us" % (v * 1000)
+        return "%.0f µs" % (v * 1000)
     if v < 100:
         return "%.2f ms" % v
     return "%.0f ms" % v
 
 
-def scenario_rows(scenario, sres, baseline):
-    base = sres.get(baseline, {}).get("median", {}).get("rps") if baseline else None
-    header = ["server", "req/s", "p50", "p99", "errors", "vs %s" % (baseline or "-")]
+def fmt_cpu(v):
+    """Microseconds of CPU per request."""
+    if v is None:
+        return "-"
+    if v < 100:
+        return "%.1f" % v
+    return "{:,.0f}".format(v)
+
+
+def fmt_ratio(a, b):
+    return "%.2fx" % (a / b) if (a is not None and b) else "-"
+
+
+CPU_HEAD = "CPU µs/req"
+
+STATUS_SHORT = {"not available": "n/a", "failed": "failed", "skipped": "skipped"}
+
+
+def scenario_rows(scenario, sres, ref):
+    refm = sres.get(ref, {}).get("median", {}) if ref else {}
+    header = ["variant", "req/s", CPU_HEAD, "p50", "p99", "errors",
+              "req/s vs %s" % (ref or "-"), "CPU vs %s" % (ref or "-")]
+    if scenario == "heads":
+        header += ["alone req/s", "alone " + CPU_HEAD, "alone p99", "with/alone req/s",
+                   "heads/s", "head answers"]
     if scenario == "idle":
         header += ["idle open (of requested)", "RSS MiB"]
     if scenario == "isolation":
         header += ["sleeper req/s"]
     rows = []
-    for server, e in sres.items():
+    for variant, e in sres.items():
         if e["status"] != "ok":
-            row = [server, e["status"], "", "", "", ""]
-            if scenario == "idle":
-                row += ["", ""]
-            if scenario == "isolation":
-                row += [""]
-            rows.append(row)
+            rows.append([variant, e["status"]] + [""] * (len(header) - 2))
             continue
         m = e["median"]
-        ratio = "%.2fx" % (m["rps"] / base) if base else "-"
-        row = [server, fmt_num(m["rps"]), fmt_ms(m["p50_ms"]), fmt_ms(m["p99_ms"]),
-               fmt_num(e["errors_total"]), ratio]
+        row = [variant, fmt_num(m["rps"]), fmt_cpu(m["cpu_us_per_req"]),
+               fmt_ms(m["p50_ms"]), fmt_ms(m["p99_ms"]), fmt_num(e["errors_total"]),
+               fmt_ratio(m["rps"], refm.get("rps")),
+               fmt_ratio(m["cpu_us_per_req"], refm.get("cpu_us_per_req"))]
+        if scenario == "heads":
+            answers = ", ".join("%s: %s" % (k, fmt_num(n)) for k, n in
+                                sorted(e["head_outcomes"].items(), key=lambda kv: -kv[1]))
+            row += [fmt_num(m["alone_rps"]), fmt_cpu(m["alone_cpu_us_per_req"]),
+                    fmt_ms(m["alone_p99_ms"]), fmt_ratio(m["rps"], m["alone_rps"]),
+                    fmt_num(m["heads_per_s"], 1), answers or "-"]
         if scenario == "idle":
             row += ["%s (%s)" % (fmt_num(m["idle_still_open"]), fmt_num(e.get("idle_opened"))),
                     fmt_num(m["rss_mib"], 1)]
         if scenario == "isolation":
             row += [fmt_num(m["sleeper_rps"], 1)]
+        rows.append(row)
+    return header, rows
+
+
+def matrix_rows(results, variants, key, fmt):
+    """One row per scenario, one column per variant: the median of `key`."""
+    header = ["scenario"] + variants
+    rows = []
+    for scenario, sres in results.items():
+        row = [scenario]
+        for v in variants:
+            e = sres.get(v)
+            if e is None:
+                row.append("")
+            elif e["status"] != "ok":
+                row.append(STATUS_SHORT.get(e["status"], e["status"]))
+            else:
+                row.append(fmt(e["median"].get(key)))
         rows.append(row)
     return header, rows
 
@@ -820,6 +1318,14 @@ def md_table(header, rows):
     return "\n".join(out)
 
 
+CPU_EXPLAINED = (
+    "CPU µs/req: CPU time (user + system) of the server process and all its "
+    "descendants during the measured wrk run (/proc/PID/stat read just "
+    "before and just after it), divided by the requests wrk completed in that "
+    "run; wrk's own CPU is not counted. It drifts much less than req/s on "
+    "this shared machine: compare it first.")
+
+
 def header_lines(meta):
     return [
         "Machine: %d cores (os.cpu_count()), %s, %s" % (
@@ -834,103 +1340,181 @@ def header_lines(meta):
     ]
 
 
-def print_scenario(scenario, sres, baseline):
-    header, rows = scenario_rows(scenario, sres, baseline)
+def print_scenario(scenario, sres, ref):
+    header, rows = scenario_rows(scenario, sres, ref)
     log("\n== %s: %s" % (scenario, SCENARIOS[scenario]["desc"]))
     log(text_table(header, rows))
-    for server, e in sres.items():
+    for variant, e in sres.items():
         if e.get("note"):
-            log("   %s: %s" % (server, e["note"]))
+            log("   %s: %s" % (variant, e["note"]))
 
 
-def write_markdown(path, meta, results, baseline):
+def print_matrices(results, variants):
+    log("\n== CPU µs per request (server process tree; lower is better)")
+    log(text_table(*matrix_rows(results, variants, "cpu_us_per_req", fmt_cpu)))
+    log("\n== requests/s")
+    log(text_table(*matrix_rows(results, variants, "rps", fmt_num)))
+
+
+def write_markdown(path, meta, results, ref):
+    variants = meta["variants"]
     out = ["# rswaitress benchmark results", ""]
     if meta.get("quick"):
         out += ["**Quick run** (`--quick`): 1 short run per figure, indicative only.", ""]
     if meta.get("interrupted"):
         out += ["**Interrupted**: partial results.", ""]
     out += ["- " + l for l in header_lines(meta)]
-    out += ["", "Ratios are req/s relative to **%s**." % baseline if baseline
-            else "No baseline server.", ""]
+    out += ["", CPU_EXPLAINED, "",
+            ("Ratios are relative to the reference variant **%s**." % ref) if ref
+            else "No reference variant.", ""]
+    out += ["## CPU per request (µs of server CPU per completed request; lower is better)", "",
+            md_table(*matrix_rows(results, variants, "cpu_us_per_req", fmt_cpu)), "",
+            "## Requests per second", "",
+            md_table(*matrix_rows(results, variants, "rps", fmt_num)), "",
+            "n/a: not available (the variant cannot run that scenario, see its "
+            "table). For `heads` the figures are hello's with the heads running.", ""]
     for scenario, sres in results.items():
-        header, rows = scenario_rows(scenario, sres, baseline)
-        out += ["## %s" % SCENARIOS[scenario]["title"], "",
+        header, rows = scenario_rows(scenario, sres, ref)
+        out += ["## %s (`%s`)" % (SCENARIOS[scenario]["title"], scenario), "",
                 SCENARIOS[scenario]["desc"] + ".", "", md_table(header, rows), ""]
         notes = ["- %s: %s" % (s, e["note"]) for s, e in sres.items() if e.get("note")]
         if notes:
             out += notes + [""]
-    out += ["## Server configurations", ""]
-    out += ["- **%s**: %s" % (s, SERVER_NOTES[s]) for s in meta["servers"]]
+    if "heads" in results:
+        out += ["`heads`: each of the %d head clients sends a %d-byte head (%s `a:b` "
+                "lines), reads the answer or the close, and starts again on a new "
+                "connection; \"head answers\" counts how each ended (status code "
+                "or close); the CPU of the heads is in hello's CPU us/req."
+                % (HEADS_CLIENTS, len(HOSTILE_HEAD), fmt_num(HOSTILE_LINES)), ""]
+    out += ["## Variants", ""]
+    out += ["- **%s**: %s" % (v, VARIANTS[v]["desc"]) for v in variants]
+    kinds = [k for k in SERVER_KINDS if any(VARIANTS[v]["server"] == k for v in variants)]
+    out += [""] + ["%s: %s" % (k, SERVER_NOTES[k]) for k in kinds if k in SERVER_NOTES]
     if "idle" in results:
         out += ["", "Extra settings in the idle-connections scenario only "
                 "(so that 10,000 connections are allowed at all):", ""]
-        out += ["- **%s**: %s" % (s, IDLE_NOTES[s]) for s in meta["servers"]]
-    out += ["", "nginx: `/hello` is `return 200 \"Hello, World!\"`; `/64k` and "
-            "`/file` are static files with `sendfile on`; `/post` is "
-            "`return 200 $content_length` with `client_max_body_size 2m; "
-            "client_body_buffer_size 2m;` — nginx reads the 1 MiB body off "
-            "the socket and discards it (no buffering, nothing counts the "
-            "bytes; the answer echoes the Content-Length header).", ""]
-    out += ["Raw wrk output of every run: `benches/results/raw/` (not committed).", ""]
+        out += ["- **%s**: %s" % (k, IDLE_NOTES[k]) for k in kinds]
+    if "nginx" in variants:
+        out += ["", "nginx: `/hello` is `return 200 \"Hello, World!\"`; `/64k` and "
+                "`/file` are static files with `sendfile on`; `/post` is "
+                "`return 200 $content_length` with `client_max_body_size 2m; "
+                "client_body_buffer_size 2m;` — nginx reads the 1 MiB body off "
+                "the socket and discards it (no buffering, nothing counts the "
+                "bytes; the answer echoes the Content-Length header)."]
+    out += ["", "Raw wrk output of every run: `benches/results/raw/` (not committed).", ""]
     with open(path, "w") as f:
         f.write("\n".join(out))
 
 
-def write_chart(path, meta, results, baseline):
+FAMILY_COLORS = {
+    "rswaitress": ["#d9480f", "#ffa94d", "#a61e4d", "#f783ac", "#e67700"],
+    "waitress": ["#1c7ed6", "#74c0fc"],
+    "gunicorn": ["#2b8a3e", "#8ce99a", "#087f5b"],
+    "granian": ["#862e9c", "#cc5de8", "#5f3dc4", "#9775fa", "#e599f7", "#3b5bdb"],
+    "nginx": ["#868e96"],
+}
+
+
+def variant_colors(variants):
+    used, out = {}, {}
+    for v in variants:
+        kind = VARIANTS[v]["server"]
+        palette = FAMILY_COLORS.get(kind, ["#495057"])
+        out[v] = palette[used.get(kind, 0) % len(palette)]
+        used[kind] = used.get(kind, 0) + 1
+    return out
+
+
+def write_chart(path, meta, results, ref):
+    """Two panels per group of up to 7 scenarios: req/s relative to the
+    reference variant, and CPU µs per request (both log scale)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, LogLocator
     except ImportError:
         log("matplotlib missing: no chart")
         return False
-    scenarios = [s for s in results]
-    servers = [s for s in meta["servers"]]
-    values = {}
-    for sc in scenarios:
-        base = results[sc].get(baseline, {}).get("median", {}).get("rps") if baseline else None
-        for sv in servers:
-            e = results[sc].get(sv)
-            rps = e.get("median", {}).get("rps") if e and e["status"] == "ok" else None
-            values[sc, sv] = (rps / base if (rps and base) else None, rps)
-    colors = {"rswaitress": "#d9480f", "waitress": "#1c7ed6", "gunicorn": "#2b8a3e",
-              "granian": "#862e9c", "nginx": "#868e96"}
-    fig, ax = plt.subplots(figsize=(max(8, 2.0 * len(scenarios) + 3), 6.5))
-    width = 0.8 / max(1, len(servers))
-    use_ratio = baseline is not None
-    for i, sv in enumerate(servers):
-        xs, ys, labels = [], [], []
-        for j, sc in enumerate(scenarios):
-            ratio, rps = values[sc, sv]
-            y = ratio if use_ratio else rps
-            if y:
-                xs.append(j - 0.4 + width * (i + 0.5))
-                ys.append(y)
-                labels.append("%.2fx" % ratio if use_ratio else "%.0f" % rps)
-        bars = ax.bar(xs, ys, width * 0.92, label=sv, color=colors.get(sv))
-        for b, lab in zip(bars, labels):
-            ax.annotate(lab, (b.get_x() + b.get_width() / 2, b.get_height()),
-                        xytext=(0, 2), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=7, rotation=90)
-    ax.set_yscale("log")
-    if use_ratio:
-        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-        ax.set_ylabel("requests/s relative to %s (log scale)" % baseline)
-    else:
-        ax.set_ylabel("requests/s (log scale)")
-    ax.set_xticks(range(len(scenarios)))
-    ax.set_xticklabels([SCENARIOS[s]["title"].replace(" (", "\n(").replace(", ", ",\n")
-                        for s in scenarios], fontsize=9)
-    ymin, ymax = ax.get_ylim()
-    ax.set_ylim(ymin, ymax * 3)
-    ax.legend(ncol=len(servers), loc="upper center", fontsize=9, frameon=False,
-              bbox_to_anchor=(0.5, 1.0))
-    ax.set_title("WSGI servers, %d threads each - %d cores, %s - %s%s"
-                 % (THREADS, meta["cpu_count"], meta["cpu_model"], meta["date"][:10],
-                    " (quick)" if meta.get("quick") else ""), fontsize=10)
-    ax.grid(axis="y", which="both", alpha=0.25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    variants = meta["variants"]
+    colors = variant_colors(variants)
+    scenarios = list(results)
+    chunks = [scenarios[i:i + 7] for i in range(0, len(scenarios), 7)]
+
+    def present(sc):
+        return [v for v in variants if v in results[sc]
+                and results[sc][v]["status"] == "ok"]
+
+    bars_max = max(sum(len(present(sc)) for sc in chunk) for chunk in chunks)
+    fig, axes = plt.subplots(2 * len(chunks), 1, squeeze=False,
+                             figsize=(max(10, 0.22 * bars_max + 2.5), 4.2 * 2 * len(chunks)))
+    seen = set()
+    for c, chunk in enumerate(chunks):
+        for panel in ("ratio", "cpu"):
+            ax = axes[2 * c + (panel == "cpu")][0]
+            x = 0.0
+            ticks = []
+            for sc in chunk:
+                vs = present(sc)
+                refm = results[sc].get(ref, {}).get("median", {}) if ref else {}
+                start = x
+                for v in vs:
+                    m = results[sc][v]["median"]
+                    if panel == "ratio":
+                        base = refm.get("rps")
+                        y = m["rps"] / base if (base and ref) else m["rps"]
+                        lab = (("%.3fx" if y < 0.1 else "%.2fx") % y) if (base and ref) else "%.0f" % y
+                    else:
+                        y = m.get("cpu_us_per_req")
+                        lab = fmt_cpu(y)
+                    if y:
+                        ax.bar(x, y, 0.9, color=colors[v],
+                                   label=v if v not in seen else None)
+                        seen.add(v)
+                        ax.annotate(lab, (x, y), xytext=(0, 2), textcoords="offset points",
+                                    ha="center", va="bottom", fontsize=6, rotation=90)
+                    x += 1
+                ticks.append(((start + x - 1) / 2.0, SCENARIOS[sc]["title"]))
+                x += 1.2
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
+            if panel == "ratio":
+                if ref:
+                    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+                    ax.set_ylabel("req/s relative to %s" % ref)
+                    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: "%gx" % y))
+                else:
+                    ax.set_ylabel("req/s")
+                    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: "{:,.0f}".format(y)))
+            else:
+                ax.set_ylabel("server CPU µs per request\n(lower is better)")
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: "%g" % y))
+            ax.set_xticks([t for t, _ in ticks])
+            ax.set_xticklabels([t.replace(" (", "\n(").replace(" + ", "\n+ ")
+                                for _, t in ticks], fontsize=8)
+            ymin, ymax = ax.get_ylim()
+            ax.set_ylim(ymin, ymax * 4)
+            ax.grid(axis="y", which="both", alpha=0.25)
+    handles, labels = [], []
+    for ax in axes[:, 0]:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
+    order = sorted(range(len(labels)), key=lambda i: variants.index(labels[i]))
+    height = fig.get_size_inches()[1]
+    title_h = 0.35 / height                                   # figure fraction
+    legend_h = 0.22 * ((len(labels) + 6) // 7) / height
+    fig.suptitle("WSGI servers - %d cores, %s - %s%s - median of %d x %d s"
+                 % (meta["cpu_count"], meta["cpu_model"], meta["date"][:10],
+                    " (quick)" if meta.get("quick") else "", meta["runs"], meta["duration"]),
+                 fontsize=10, y=1 - 0.08 / height, va="top")
+    fig.legend([handles[i] for i in order], [labels[i] for i in order],
+               ncol=min(7, len(labels)), loc="upper center", fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 1 - title_h))
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_h - legend_h))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
@@ -953,50 +1537,163 @@ def parse_list(text, known, aliases=None, what="item"):
     return out
 
 
+def add_baseline_variant(python):
+    """Register rswaitress-base (rswaitress from another interpreter), placed
+    right after rswaitress."""
+    spec = dict(server="rswaitress", kwargs={}, python=python,
+                desc="`rswaitress.serve(app, host=, port=)` (defaults) run by "
+                     "`%s` (--baseline-python): an earlier build, side by side" % python)
+    items = list(VARIANTS.items())
+    VARIANTS.clear()
+    for name, value in items:
+        VARIANTS[name] = value
+        if name == "rswaitress":
+            VARIANTS["rswaitress-base"] = spec
+    if "rswaitress-base" not in VARIANTS:
+        VARIANTS["rswaitress-base"] = spec
+
+
+def ordered(variants):
+    """Grouped by server kind, in definition order within a kind."""
+    names = list(VARIANTS)
+    return sorted(set(variants), key=lambda v: (SERVER_KINDS.index(VARIANTS[v]["server"]),
+                                                names.index(v)))
+
+
+def default_variants(scenario):
+    sc = SCENARIOS[scenario]
+    return ordered([v for v, spec in VARIANTS.items()
+                    if (spec.get("only") is None or scenario in spec["only"])
+                    and (spec["server"] != "nginx" or sc.get("nginx"))])
+
+
+def build_plan(scenarios, explicit):
+    """scenario -> variants to run in it."""
+    return {sc: ordered(explicit) if explicit else default_variants(sc) for sc in scenarios}
+
+
+PAIR_OVERHEAD_S = 0.8  # start, probe, stop: 62 s for 25 pairs of 1+1 s (2-core machine)
+
+
+def estimate_s(plan, args):
+    total = 0.0
+    for sc, variants in plan.items():
+        for v in variants:
+            if VARIANTS[v]["server"] == "nginx" and not SCENARIOS[sc].get("nginx"):
+                continue
+            per = PAIR_OVERHEAD_S + args.warmup + args.runs * args.duration
+            if sc == "heads":
+                per += args.runs * (args.duration + 0.5)
+            elif sc == "isolation":
+                per += args.runs * 0.5
+            elif sc == "idle":
+                # opening 10,000 connections takes about a second; waitress
+                # accepts slowly and may use the whole time limit
+                per += 3.0 + (args.idle_time_limit if VARIANTS[v]["server"] == "waitress" else 0)
+            total += per
+    return total
+
+
+def print_list(plan, args):
+    log("scenarios:")
+    for name, sc in SCENARIOS.items():
+        log("  %-13s %s" % (name, sc["desc"]))
+    log("\nvariants:")
+    for name, spec in VARIANTS.items():
+        only = " [default only in: %s]" % ", ".join(spec["only"]) if spec.get("only") else ""
+        log("  %-15s %s%s" % (name, spec["desc"], only))
+    log("\nplan (%d s per run, %d run(s), %d s warm-up):" % (args.duration, args.runs, args.warmup))
+    for sc, variants in plan.items():
+        log("  %-13s %s" % (sc, ", ".join(variants)))
+    log("estimated time: %.1f min" % (estimate_s(plan, args) / 60.0))
+
+
+def seed_django(tmp):
+    p = subprocess.run([sys.executable, "-m", "realapps.djsite.seed"], env=server_env(tmp),
+                       cwd=BENCH_DIR, capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        return (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]
+    log("   " + p.stdout.strip())
+    return None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description="Benchmark rswaitress against waitress, gunicorn, granian, nginx.")
     ap.add_argument("--quick", action="store_true",
-                    help="1 run of 3 s per figure, 1 s warm-up (< 5 min)")
+                    help="1 run of 2 s per figure, 1 s warm-up (about 10 min for every "
+                         "scenario and default variant)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help="comma list from: %s (default all)" % ", ".join(SCENARIOS))
-    ap.add_argument("--servers", default=",".join(ALL_SERVERS),
-                    help="comma list from: %s (default all)" % ", ".join(ALL_SERVERS))
-    ap.add_argument("--duration", type=int, help="seconds per wrk run (default 10, quick 3)")
+    ap.add_argument("--servers", metavar="VARIANTS",
+                    help="comma list of variants (see --list); default: every variant "
+                         "that can run the scenario, the -w2 ones in cpu only")
+    ap.add_argument("--baseline-python", metavar="PATH",
+                    help="interpreter (e.g. a venv's bin/python) holding an earlier "
+                         "rswaitress build: adds the variant rswaitress-base")
+    ap.add_argument("--reference", metavar="VARIANT",
+                    help="variant the ratios are relative to (default rswaitress)")
+    ap.add_argument("--duration", type=int, help="seconds per wrk run (default 10, quick 2)")
     ap.add_argument("--runs", type=int, help="runs per figure, median reported (default 3, quick 1)")
     ap.add_argument("--warmup", type=int, help="warm-up seconds before measuring (default 1)")
     ap.add_argument("--idle-conns", type=int, default=10000,
                     help="idle connections in the idle scenario (default 10000)")
     ap.add_argument("--idle-time-limit", type=float,
                     help="seconds allowed to open the idle connections (default 30, quick 15)")
-    ap.add_argument("--out", default=DEFAULT_OUT, help="output directory (default benches/results)")
+    ap.add_argument("--out", help="output directory (default benches/results; with --quick "
+                                  "benches/results/quick, which git ignores)")
     ap.add_argument("--no-install", action="store_true", help="never run apt-get/pip")
+    ap.add_argument("--list", action="store_true",
+                    help="list the scenarios, the variants and the plan with its estimated "
+                         "time, and exit")
     args = ap.parse_args(argv)
 
-    args.duration = args.duration or (3 if args.quick else 10)
+    args.duration = args.duration or (2 if args.quick else 10)
     args.runs = args.runs or (1 if args.quick else 3)
     args.warmup = 1 if args.warmup is None else args.warmup
+    args.out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     if args.idle_time_limit is None:
         args.idle_time_limit = 15.0 if args.quick else 30.0
+    if args.baseline_python:
+        args.baseline_python = os.path.abspath(os.path.expanduser(args.baseline_python))
+        if not os.access(args.baseline_python, os.X_OK):
+            sys.exit("--baseline-python %s: not an executable" % args.baseline_python)
+        add_baseline_variant(args.baseline_python)
     scenarios = parse_list(args.scenarios, list(SCENARIOS), SCENARIO_ALIASES, "scenario")
-    servers = parse_list(args.servers, ALL_SERVERS, None, "server")
+    explicit = None
+    if args.servers and "rswaitress-base" in args.servers and not args.baseline_python:
+        sys.exit("the variant rswaitress-base needs --baseline-python PATH")
+    if args.servers:
+        explicit = parse_list(args.servers, list(VARIANTS), None, "variant")
+        if args.baseline_python and "rswaitress-base" not in explicit:
+            explicit.append("rswaitress-base")
+    plan = build_plan(scenarios, explicit)
+    if args.list:
+        print_list(plan, args)
+        return 0
 
     def on_sigterm(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let cleanup finish
         raise KeyboardInterrupt("SIGTERM")
     signal.signal(signal.SIGTERM, on_sigterm)
 
-    ensure_tools(servers, args.no_install)
-    if not servers:
+    need_modules = {m for sc in scenarios for m in SCENARIOS[sc].get("needs", ())}
+    every = ordered([v for vs in plan.values() for v in vs])
+    kept, probes = ensure_tools(every, need_modules, args.no_install)
+    plan = {sc: [v for v in vs if v in kept] for sc, vs in plan.items()}
+    variants = ordered([v for vs in plan.values() for v in vs])
+    if not variants:
         sys.exit("no server left to benchmark")
     nofile = raise_nofile()
     if "idle" in scenarios and nofile < args.idle_conns + 200:
         log("RLIMIT_NOFILE is %d: fewer than %d idle connections can be opened"
             % (nofile, args.idle_conns))
 
-    baseline = "rswaitress" if "rswaitress" in servers else servers[0]
-    if baseline != "rswaitress":
-        log("rswaitress not in this run: ratios are relative to %s" % baseline)
+    ref = args.reference or ("rswaitress" if "rswaitress" in variants else variants[0])
+    if ref not in variants:
+        sys.exit("--reference %s is not in this run (%s)" % (ref, ", ".join(variants)))
+    if ref != "rswaitress":
+        log("ratios are relative to %s" % ref)
     meta = {
         "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
         "platform": "%s %s, Python %s" % (platform.system(), platform.release(),
@@ -1006,17 +1703,19 @@ def main(argv=None):
                             [os.path.basename(sys.executable)] + sys.argv),
         "quick": args.quick, "runs": args.runs, "duration": args.duration,
         "warmup": args.warmup, "idle_conns": args.idle_conns,
-        "servers": servers, "scenarios": scenarios, "baseline": baseline,
-        "versions": versions(servers), "rlimit_nofile": nofile,
-        "threads": THREADS,
+        "variants": variants, "scenarios": scenarios, "plan": plan, "reference": ref,
+        "variant_config": {v: {k: x for k, x in VARIANTS[v].items()} for v in variants},
+        "versions": versions(variants, probes, need_modules), "rlimit_nofile": nofile,
+        "baseline_python": args.baseline_python,
+        "hostile_head_bytes": len(HOSTILE_HEAD) if "heads" in scenarios else None,
+        "clk_tck": CLK_TCK,
         "loadavg": " ".join("%.2f" % x for x in os.getloadavg()),
     }
     for l in header_lines(meta):
         log(l)
-    n_cases = sum(1 for sc in scenarios for sv in servers
-                  if not (sc == "isolation" and sv == "nginx"))
-    est = n_cases * (args.runs * args.duration + args.warmup + 3)
-    log("%d server/scenario pairs, roughly %d min" % (n_cases, round(est / 60.0 + 0.5)))
+    n_cases = sum(len(vs) for vs in plan.values())
+    log("%d variant/scenario pairs, roughly %.0f min"
+        % (n_cases, estimate_s(plan, args) / 60.0 + 0.5))
 
     os.makedirs(args.out, exist_ok=True)
     rawdir = os.path.join(args.out, "raw")
@@ -1026,13 +1725,20 @@ def main(argv=None):
     t_start = time.monotonic()
     try:
         prepare_data(tmp)
+        if "django-orm" in scenarios and importlib.util.find_spec("django") is not None:
+            failure = seed_django(tmp)
+            if failure:
+                log("could not create the Django database (%s)" % failure)
         for scenario in scenarios:
+            if not plan[scenario]:
+                continue
             results[scenario] = {}
             log("\n-- scenario %s: %s" % (scenario, SCENARIOS[scenario]["desc"]))
-            for server in servers:
-                log("   %s ..." % server)
-                results[scenario][server] = bench_one(server, scenario, args, tmp, rawdir)
-            print_scenario(scenario, results[scenario], baseline)
+            for variant in plan[scenario]:
+                log("   %s ..." % variant)
+                results[scenario][variant] = bench_one(variant, scenario, args, tmp,
+                                                       rawdir, probes)
+            print_scenario(scenario, results[scenario], ref)
     except KeyboardInterrupt:
         meta["interrupted"] = True
         log("\ninterrupted; writing partial results")
@@ -1046,14 +1752,16 @@ def main(argv=None):
     png = os.path.join(args.out, "results.png")
     with open(js, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
-    write_markdown(md, meta, results, baseline)
-    chart = write_chart(png, meta, results, baseline) if results else False
+    write_markdown(md, meta, results, ref)
+    chart = write_chart(png, meta, results, ref) if results else False
 
     log("\n" + "=" * 78)
     for l in header_lines(meta):
         log(l)
+    log(CPU_EXPLAINED)
     for scenario, sres in results.items():
-        print_scenario(scenario, sres, baseline)
+        print_scenario(scenario, sres, ref)
+    print_matrices(results, variants)
     log("\nwrote %s, %s%s  (%.0f s)" % (md, js, (", " + png) if chart else "",
                                          meta["elapsed_s"]))
     return 130 if meta.get("interrupted") else 0

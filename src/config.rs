@@ -27,6 +27,11 @@ pub struct Config {
     /// untrusted proxy headers is on (Waitress's default). When a proxy is trusted the
     /// Python proxy-headers middleware does this work instead.
     pub drop_proxy_headers: bool,
+    /// Accept HTTP/1.1 requests without a Host header (RFC 9112 says 400; Waitress
+    /// accepts them). Off by default.
+    pub allow_missing_host: bool,
+    /// How long a graceful stop waits for requests in progress before closing them.
+    pub graceful_timeout: Duration,
 }
 
 impl Default for Config {
@@ -50,6 +55,8 @@ impl Default for Config {
             recv_bytes: 65_536,
             server_name: "waitress.invalid".into(),
             drop_proxy_headers: true,
+            allow_missing_host: false,
+            graceful_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -66,7 +73,11 @@ impl Config {
         let get_bool = |name: &str| -> PyResult<bool> { adj.getattr(name)?.is_truthy() };
         let get_str = |name: &str| -> PyResult<String> {
             let v = adj.getattr(name)?;
-            if v.is_none() { Ok(String::new()) } else { v.extract::<String>() }
+            if v.is_none() {
+                Ok(String::new())
+            } else {
+                v.extract::<String>()
+            }
         };
         Ok(Config {
             threads: get_usize("threads")?.max(1),
@@ -89,6 +100,8 @@ impl Config {
             drop_proxy_headers: adj.getattr("trusted_proxy")?.is_none()
                 && get_bool("clear_untrusted_proxy_headers")?
                 && !get_bool("log_untrusted_proxy_headers")?,
+            allow_missing_host: get_bool("allow_missing_host")?,
+            graceful_timeout: secs(get_f64("graceful_timeout")?),
         })
     }
 }

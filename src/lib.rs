@@ -1,4 +1,8 @@
 //! The extension module `rswaitress._core`: what Python sees of the Rust core.
+//!
+//! Threads: `run()` starts the reactor on a thread of its own (it never takes the GIL)
+//! and then waits, with the GIL released, for a signal, a log record or the reactor's
+//! end; pool threads call `serve_worker()`. See the README's design section.
 
 mod config;
 mod connection;
@@ -8,36 +12,45 @@ mod logging;
 mod reactor;
 mod wsgi;
 
+use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use polling::{Event as PollEvent, Events};
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use socket2::Socket;
 
 use crate::config::Config;
 use crate::listener::{Listener, ListenerInfo};
 use crate::reactor::Shared;
-use crate::wsgi::environ::EnvConsts;
 use crate::wsgi::file_wrapper::FileWrapper;
 use crate::wsgi::worker::WorkerCtx;
 
+/// How long run() waits at most between looks at signals and logs (a signal arriving
+/// through the wakeup descriptor, or a log record, wakes it sooner).
+const MAIN_TICK: Duration = Duration::from_millis(200);
+/// The poller key of the signal wakeup socket.
+const WAKEUP_KEY: usize = 1;
+
 /// One server: its listening sockets, its reactor and the state its workers share.
 ///
-/// `run()` runs the reactor on the calling thread with the GIL released; each pool
-/// thread calls `serve_worker()`; `close()` from any thread stops `run()` gracefully.
-#[pyclass(module = "rswaitress._core")]
+/// `run()` runs the reactor until close() or a signal; each pool thread calls
+/// `serve_worker()`; `close()` from any thread stops `run()` gracefully.
+#[pyclass(module = "rswaitress._core", frozen)]
 struct Server {
     shared: Arc<Shared>,
     ctx: Arc<WorkerCtx>,
-    /// A signal's exception raised while run() was waiting (KeyboardInterrupt...).
-    signal_error: Mutex<Option<PyErr>>,
+}
+
+fn os_error(e: std::io::Error) -> PyErr {
+    PyOSError::new_err(e.to_string())
 }
 
 #[pymethods]
 impl Server {
-    /// `listeners` are `(fd, server_port, is_unix)`; the Python socket objects keep
-    /// owning the descriptors.
+    /// `listeners` are `(fd, server_port, is_unix)`: listening sockets the caller keeps
+    /// open for the duration of this call (the core works on duplicates).
     #[new]
     fn new(
         py: Python<'_>,
@@ -48,58 +61,81 @@ impl Server {
         let cfg = Config::from_adjustments(adj)?;
         let mut adopted = Vec::with_capacity(listeners.len());
         for (fd, server_port, is_unix) in listeners {
-            // SAFETY: the caller passes descriptors of listening sockets it keeps open
-            // until after this server's run() has returned.
-            let l = unsafe { Listener::adopt(fd, ListenerInfo { server_port, is_unix }) }
-                .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            let l = Listener::adopt(fd, ListenerInfo { server_port, is_unix })
+                .map_err(|e| PyOSError::new_err(format!("cannot serve on descriptor {fd}: {e}")))?;
             adopted.push(l);
         }
-        let ident: PyObject = if cfg.ident.is_empty() {
-            py.None()
-        } else {
-            PyString::new(py, &cfg.ident).into_any().unbind()
-        };
-        let mut consts = EnvConsts {
-            wsgi_version: PyTuple::new(py, [1, 0])?.into_any().unbind(),
-            ident,
-            server_name: PyString::new(py, &cfg.server_name).into_any().unbind(),
-            url_scheme: PyString::new(py, &cfg.url_scheme).into_any().unbind(),
-            script_name: PyString::new(py, &cfg.url_prefix).into_any().unbind(),
-            url_prefix: cfg.url_prefix.chars().map(|c| c as u32 as u8).collect(),
-            file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
-            sys: py.import("sys")?.into_any().unbind(),
-            drop_proxy_headers: cfg.drop_proxy_headers,
-            template: PyDict::new(py).unbind(),
-        };
-        consts.make_template(py)?;
-        let logger = py.import("logging")?.call_method1("getLogger", ("rswaitress",))?.unbind();
-        let shared = Arc::new(Shared::new(cfg, adopted).map_err(|e| PyOSError::new_err(e.to_string()))?);
-        let ctx = Arc::new(WorkerCtx { shared: shared.clone(), app, consts, logger });
-        Ok(Server { shared, ctx, signal_error: Mutex::new(None) })
+        let shared = Arc::new(Shared::new(cfg, adopted).map_err(os_error)?);
+        let ctx = Arc::new(WorkerCtx::new(py, shared.clone(), app)?);
+        Ok(Server { shared, ctx })
     }
 
-    /// Runs the reactor until close() or a signal; re-raises a signal's exception.
-    fn run(&self, py: Python<'_>) -> PyResult<()> {
+    /// Runs the reactor on a thread of its own and waits for it, with the GIL released,
+    /// handling signals and log delivery meanwhile. `wakeup_fd` is the reading end of the
+    /// socket given to `signal.set_wakeup_fd` (or None); `on_stop` is called once when a
+    /// stop begins (the listening sockets are closed by then). A signal's exception
+    /// (KeyboardInterrupt, SystemExit) starts a graceful stop and is raised once the
+    /// reactor has finished; a second one stops at once.
+    #[pyo3(signature = (wakeup_fd=None, on_stop=None))]
+    fn run(&self, py: Python<'_>, wakeup_fd: Option<i64>, on_stop: Option<PyObject>) -> PyResult<()> {
+        let wakeup = match wakeup_fd {
+            Some(fd) => Some(wakeup_socket(fd, &self.shared).map_err(os_error)?),
+            None => None,
+        };
         let shared = self.shared.clone();
-        let result = py.allow_threads(|| {
-            reactor::run(&shared, || {
-                Python::with_gil(|py| {
-                    match logging::deliver(py).and_then(|_| py.check_signals()) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            *self.signal_error.lock() = Some(e);
-                            false
-                        }
+        let reactor = std::thread::Builder::new()
+            .name("rswaitress-reactor".into())
+            .spawn(move || reactor::run(&shared))
+            .map_err(os_error)?;
+        logging::add_waker(&self.shared.main_waker);
+        let mut first_error: Option<PyErr> = None;
+        let mut told_stop = false;
+        let mut events = Events::new();
+        loop {
+            let waker = &self.shared.main_waker;
+            py.allow_threads(|| {
+                events.clear();
+                let _ = waker.wait(&mut events, Some(MAIN_TICK));
+            });
+            if let Some(sock) = &wakeup {
+                drain_wakeup(sock, &self.shared);
+            }
+            let delivered = logging::deliver(py);
+            let signalled = py.check_signals();
+            for e in [delivered.err(), signalled.err()].into_iter().flatten() {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                    self.shared.request_stop();
+                } else {
+                    self.shared.abort();
+                }
+            }
+            if self.shared.is_stopping() && !told_stop {
+                told_stop = true;
+                if let Some(cb) = &on_stop {
+                    if let Err(e) = cb.call0(py) {
+                        e.print(py);
                     }
-                })
-            })
-        });
+                }
+            }
+            if self.shared.is_finished() {
+                break;
+            }
+        }
+        logging::remove_waker(&self.shared.main_waker);
+        if let Some(sock) = &wakeup {
+            let _ = self.shared.main_waker.delete(sock);
+        }
+        let joined = py.allow_threads(|| reactor.join());
         let delivered = logging::deliver(py);
-        if let Some(e) = self.signal_error.lock().take() {
+        if let Some(e) = first_error {
             return Err(e);
         }
         delivered?;
-        result.map_err(|e| PyOSError::new_err(e.to_string()))
+        match joined {
+            Ok(result) => result.map_err(os_error),
+            Err(_) => Err(PyOSError::new_err("the reactor thread failed")),
+        }
     }
 
     /// The loop of one pool thread; returns once stop_workers() is called.
@@ -110,6 +146,16 @@ impl Server {
     /// Asks run() to stop accepting, finish what is in progress and return.
     fn close(&self) {
         self.shared.request_stop();
+    }
+
+    /// Asks run() to close every connection and return at once.
+    fn abort(&self) {
+        self.shared.abort();
+    }
+
+    /// Closes the core's copies of the listening sockets of a server that never ran.
+    fn release(&self) {
+        self.shared.release_listeners();
     }
 
     /// Tells `count` pool threads to return once the queue is empty.
@@ -124,6 +170,26 @@ impl Server {
     fn connection_count(&self) -> usize {
         self.shared.conns.lock().len()
     }
+}
+
+/// A duplicate of the signal wakeup socket's reading end, watched by the run() thread.
+fn wakeup_socket(fd: i64, shared: &Shared) -> std::io::Result<Socket> {
+    let sock = listener::duplicate(fd)?;
+    sock.set_nonblocking(true)?;
+    // SAFETY: the socket is deleted from the poller before it is dropped (end of run()).
+    unsafe { shared.main_waker.add(&sock, PollEvent::readable(WAKEUP_KEY))? };
+    Ok(sock)
+}
+
+/// Empties the wakeup socket (each signal wrote a byte) and watches it again.
+fn drain_wakeup(sock: &Socket, shared: &Shared) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = (&*sock).read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    let _ = shared.main_waker.modify(sock, PollEvent::readable(WAKEUP_KEY));
 }
 
 #[pymodule]

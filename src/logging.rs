@@ -1,13 +1,17 @@
 //! The `log` facade for the Rust side, delivered to Python's `logging`.
 //!
-//! Records are queued without the GIL and handed to Python later by a thread that holds
-//! the GIL anyway (the reactor's periodic signal check, or a worker between requests), so
-//! logging never adds a GIL acquisition to the request path. The target names the Python
+//! Records are queued without the GIL (the reactor never takes it) and handed to Python
+//! by a thread that holds the GIL: the thread waiting in `run()`, which the first record
+//! of a batch wakes, or a worker between requests. Delivery is ordered: one thread at a
+//! time empties the queue, in the order records were made. The target names the Python
 //! logger (`rswaitress`, `rswaitress.queue`).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
+use polling::Poller;
 use pyo3::prelude::*;
 
 /// Records kept at most while waiting for delivery; beyond this they are counted, not kept.
@@ -19,6 +23,12 @@ struct Queue {
 }
 
 static QUEUE: Mutex<Queue> = Mutex::new(Queue { records: VecDeque::new(), dropped: 0 });
+/// Whether the queue may hold records (checked without the lock before delivering).
+static PENDING: AtomicBool = AtomicBool::new(false);
+/// Held by the thread delivering, so that batches reach Python in order.
+static DELIVERING: Mutex<()> = Mutex::new(());
+/// The pollers of the threads waiting in run(), woken when a batch starts.
+static WAKERS: Mutex<Vec<Weak<Poller>>> = Mutex::new(Vec::new());
 
 struct Deferred;
 
@@ -32,15 +42,42 @@ impl log::Log for Deferred {
         if !target.starts_with("rswaitress") {
             return;
         }
-        let mut q = QUEUE.lock();
-        if q.records.len() >= MAX_QUEUED {
-            q.dropped += 1;
-            return;
+        let first = {
+            let mut q = QUEUE.lock();
+            if q.records.len() >= MAX_QUEUED {
+                q.dropped += 1;
+                return;
+            }
+            q.records.push_back((record.level(), target.to_string(), record.args().to_string()));
+            q.records.len() == 1
+        };
+        PENDING.store(true, Ordering::Release);
+        if first {
+            wake_waiters();
         }
-        q.records.push_back((record.level(), target.to_string(), record.args().to_string()));
     }
 
     fn flush(&self) {}
+}
+
+fn wake_waiters() {
+    let wakers = WAKERS.lock();
+    for w in wakers.iter() {
+        if let Some(p) = w.upgrade() {
+            let _ = p.notify();
+        }
+    }
+}
+
+/// Registers the poller a run() thread waits on, to be woken when records arrive.
+pub fn add_waker(p: &Arc<Poller>) {
+    let mut wakers = WAKERS.lock();
+    wakers.retain(|w| w.strong_count() > 0);
+    wakers.push(Arc::downgrade(p));
+}
+
+pub fn remove_waker(p: &Arc<Poller>) {
+    WAKERS.lock().retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(p)));
 }
 
 static LOGGER: Deferred = Deferred;
@@ -62,36 +99,55 @@ fn python_level(level: log::Level) -> i32 {
     }
 }
 
-/// Hands queued records to Python's logging. Cheap when there are none.
+/// Whether records wait for delivery (cheap: no lock).
+pub fn pending() -> bool {
+    PENDING.load(Ordering::Acquire)
+}
+
+/// Hands queued records to Python's logging. Cheap when there are none; returns at once
+/// when another thread is delivering (it empties the queue).
 ///
 /// A failing handler does not stop delivery, but an exception that is not an `Exception`
 /// (KeyboardInterrupt or SystemExit from a signal handler that ran during the logging
 /// call) is returned, after the remaining records are delivered, so that it is not lost.
 pub fn deliver(py: Python<'_>) -> PyResult<()> {
-    let (records, dropped) = {
-        let mut q = QUEUE.lock();
-        if q.records.is_empty() && q.dropped == 0 {
-            return Ok(());
-        }
-        (std::mem::take(&mut q.records), std::mem::replace(&mut q.dropped, 0))
-    };
-    let logging = py.import("logging")?;
-    let mut interrupt: Option<PyErr> = None;
-    let mut emit = |target: &str, level: i32, msg: String| {
-        let sent = logging
-            .call_method1("getLogger", (target,))
-            .and_then(|logger| logger.call_method1("log", (level, msg)));
-        if let Err(e) = sent {
-            if !e.is_instance_of::<pyo3::exceptions::PyException>(py) && interrupt.is_none() {
-                interrupt = Some(e);
-            }
-        }
-    };
-    for (level, target, msg) in records {
-        emit(&target, python_level(level), msg);
+    if !pending() {
+        return Ok(());
     }
-    if dropped > 0 {
-        emit("rswaitress", 30, format!("{dropped} log records were dropped while the log queue was full"));
+    // Never wait for this lock while holding the GIL: the thread that has it may be
+    // waiting for the GIL inside a logging call.
+    let Some(_delivering) = DELIVERING.try_lock() else { return Ok(()) };
+    let mut interrupt: Option<PyErr> = None;
+    loop {
+        let (records, dropped) = {
+            let mut q = QUEUE.lock();
+            if q.records.is_empty() && q.dropped == 0 {
+                PENDING.store(false, Ordering::Release);
+                break;
+            }
+            (std::mem::take(&mut q.records), std::mem::replace(&mut q.dropped, 0))
+        };
+        let logging = py.import("logging")?;
+        let mut emit = |target: &str, level: i32, msg: String| {
+            let sent = logging
+                .call_method1("getLogger", (target,))
+                .and_then(|logger| logger.call_method1("log", (level, msg)));
+            if let Err(e) = sent {
+                if !e.is_instance_of::<pyo3::exceptions::PyException>(py) && interrupt.is_none() {
+                    interrupt = Some(e);
+                }
+            }
+        };
+        for (level, target, msg) in records {
+            emit(&target, python_level(level), msg);
+        }
+        if dropped > 0 {
+            emit(
+                "rswaitress",
+                30,
+                format!("{dropped} log records were dropped while the log queue was full"),
+            );
+        }
     }
     interrupt.map_or(Ok(()), Err)
 }

@@ -1,19 +1,25 @@
-//! The poll loop: accepts, reads and parses, hands complete requests to the workers,
-//! flushes what workers could not write, enforces timeouts and the connection limit,
-//! and shuts down in order. It never runs Python code.
+//! The poll loop, on a thread of its own that never touches Python: accepts, reads and
+//! parses, hands complete requests to the pool, flushes what workers could not write,
+//! enforces timeouts and the connection limit, and drains in order on a stop.
+//!
+//! Connections change phase only through [`Shared::apply`], which feeds an event to
+//! `connection::phase::step` and carries out the action it returns; the reactor and the
+//! workers both use it.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
-use polling::{Event, Events, Poller};
+use polling::{Event as PollEvent, Events, Poller};
 
 use crate::config::Config;
-use crate::connection::{Conn, ConnState, Parsed, Request};
+use crate::connection::phase::{self, Action, Event, Phase};
+use crate::connection::{Conn, ConnState, Interest, Parsed, Request};
 use crate::http::response::error_response;
 use crate::http::{HttpError, Version};
 use crate::listener::{peer_strings, Listener};
@@ -24,86 +30,190 @@ pub struct Task {
     pub req: Request,
 }
 
-/// How often the loop wakes when idle: the bound on how late a signal, a close() from
-/// another thread or a timeout is noticed.
+/// How often the loop wakes when idle: the bound on how late a stop, a linger deadline
+/// or a drain step is noticed.
 const TICK: Duration = Duration::from_millis(100);
 /// Size of the reactor's read buffer, at least.
 const RECV_BUFFER: usize = 256 * 1024;
 /// How long a connection refused with an error is drained before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
-/// How long a graceful shutdown waits for requests in progress.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// While draining, a reading connection is closed once it has been quiet this long: a
+/// client that is sending its next request gets it answered (with `Connection: close`)
+/// instead of a reset, and one that sends nothing does not hold the stop up.
+const DRAIN_IDLE: Duration = Duration::from_millis(200);
 
-/// What the reactor and the workers share.
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const ABORTING: u8 = 2;
+
+/// What the reactor, the workers and the run() thread share.
 pub struct Shared {
     pub cfg: Config,
     pub poller: Poller,
-    pub listeners: Vec<Listener>,
+    /// The listening sockets, until the reactor takes them (and closes them on a stop).
+    listeners: Mutex<Option<Vec<Listener>>>,
+    listener_count: usize,
     pub conns: Mutex<HashMap<usize, Arc<Conn>>>,
     next_key: AtomicUsize,
     pub tasks_tx: Sender<Option<Task>>,
     pub tasks_rx: Receiver<Option<Task>>,
-    pub stopping: AtomicBool,
+    stop: AtomicU8,
+    /// Set by the reactor thread when it has returned.
+    finished: AtomicBool,
     /// Workers waiting for a task (for the queue-depth warning).
     pub idle_workers: AtomicUsize,
     accept_paused: AtomicBool,
-    /// Connections draining after an error answer, with their deadlines.
+    /// Connections lingering after an error answer, with their deadlines.
     lingering: Mutex<Vec<(Instant, usize)>>,
-}
-
-/// What to do with a connection after a response, or after new input.
-pub enum Next {
-    /// A request is ready to be served.
-    Serve(Request),
-    /// Waiting for the client (input) or the socket (output); the poller is armed.
-    Wait,
-    Closed,
+    /// Woken when the reactor starts draining and when it finishes (the run() thread).
+    pub main_waker: Arc<Poller>,
 }
 
 impl Shared {
     pub fn new(cfg: Config, listeners: Vec<Listener>) -> io::Result<Self> {
         let (tasks_tx, tasks_rx) = crossbeam_channel::unbounded();
-        let first_key = listeners.len();
+        let listener_count = listeners.len();
         Ok(Shared {
             cfg,
             poller: Poller::new()?,
-            listeners,
+            listeners: Mutex::new(Some(listeners)),
+            listener_count,
             conns: Mutex::new(HashMap::new()),
-            next_key: AtomicUsize::new(first_key),
+            next_key: AtomicUsize::new(listener_count),
             tasks_tx,
             tasks_rx,
-            stopping: AtomicBool::new(false),
+            stop: AtomicU8::new(RUNNING),
+            finished: AtomicBool::new(false),
             idle_workers: AtomicUsize::new(0),
             accept_paused: AtomicBool::new(false),
             lingering: Mutex::new(Vec::new()),
+            main_waker: Arc::new(Poller::new()?),
         })
     }
 
-    /// Asks the loop to stop; safe from any thread.
+    /// Asks for a graceful stop: no new connections, requests in progress finish (within
+    /// graceful_timeout). Safe from any thread.
     pub fn request_stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop.compare_exchange(RUNNING, DRAINING, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.poller.notify();
+    }
+
+    /// Stops now: every connection is closed.
+    pub fn abort(&self) {
+        self.stop.store(ABORTING, Ordering::SeqCst);
         let _ = self.poller.notify();
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed)
+        self.stop.load(Ordering::Relaxed) != RUNNING
     }
 
-    /// Registers what the connection waits for: writability while output is waiting
-    /// (`write`), readability when no worker serves it, or, with
-    /// channel_request_lookahead, also while one does (to notice a client that left).
-    pub fn arm(&self, conn: &Conn, st: &mut ConnState, write: bool) {
-        st.write_armed = write;
-        let read = if st.busy {
-            self.cfg.channel_request_lookahead > 0 && !st.eof && st.inbuf.len() < self.lookahead_bytes()
-        } else {
-            !write
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listening sockets if the reactor never ran (a server closed unused).
+    pub fn release_listeners(&self) {
+        self.listeners.lock().take();
+    }
+
+    /// Feeds `event` to the connection's phase machine and carries out the actions until
+    /// the connection waits; the caller holds its lock. A request that becomes ready is
+    /// returned (the phase is then `Queued`): the caller hands it to the pool, or serves
+    /// it itself when it is the worker that just finished the one before.
+    pub fn apply(&self, conn: &Conn, st: &mut ConnState, mut event: Event) -> Option<Request> {
+        let mut ready = None;
+        loop {
+            let prev = st.phase;
+            let (next, action) = phase::step(prev, event, st.facts(self.is_stopping()));
+            st.phase = next;
+            match action {
+                Action::Nothing | Action::AwaitInput | Action::Dispatch => break,
+                Action::AwaitWritable => {
+                    if st.out.is_empty() {
+                        event = Event::Drained;
+                        continue;
+                    }
+                    break;
+                }
+                Action::ParseNext => {
+                    if prev != Phase::Reading {
+                        // Back from a response: the idle and head clocks start again.
+                        st.await_next_request();
+                    }
+                    event = match st.parse(&self.cfg) {
+                        Parsed::Request(req) => {
+                            ready = Some(req);
+                            Event::RequestComplete
+                        }
+                        Parsed::NeedMore => Event::NeedMore,
+                        Parsed::Error(err, version) => self.queue_refusal(st, &err, version),
+                    };
+                }
+                Action::HalfClose => {
+                    st.input.release();
+                    if let Some(sock) = st.sock() {
+                        let _ = sock.shutdown(std::net::Shutdown::Write);
+                    }
+                    let until = Instant::now() + LINGER;
+                    st.linger_until = Some(until);
+                    self.lingering.lock().push((until, conn.key));
+                    break;
+                }
+                Action::Close => {
+                    self.close(conn, st);
+                    return None;
+                }
+            }
+        }
+        self.watch(conn, st);
+        ready
+    }
+
+    /// Queues an error answer (sent at once as far as the socket takes it).
+    fn queue_refusal(&self, st: &mut ConnState, err: &HttpError, version: Version) -> Event {
+        let page = error_response(err, version, &self.cfg.ident);
+        st.input.release();
+        match st.send(&[&page]) {
+            Ok(_) => Event::Refused,
+            Err(e) => {
+                self.log_socket_error("sending an error response", &e);
+                Event::Failed
+            }
+        }
+    }
+
+    /// What the poller should report for a connection in its phase.
+    fn interest(&self, st: &ConnState) -> Interest {
+        let write = !st.out.is_empty();
+        let read = match st.phase {
+            Phase::Reading | Phase::Lingering => !st.peer_closed,
+            // Read ahead while a request is served only with channel_request_lookahead
+            // (to notice a client that left), and only so far.
+            Phase::Queued | Phase::Serving => {
+                self.cfg.channel_request_lookahead > 0
+                    && !st.peer_closed
+                    && st.input.len() < self.lookahead_bytes()
+            }
+            // After an error answer the client may still be sending: keep reading (and
+            // dropping) so that neither side blocks.
+            Phase::Flushing(phase::After::Linger) => !st.peer_closed,
+            Phase::Flushing(_) | Phase::Closed => false,
         };
-        if !read && !write {
+        Interest { read, write }
+    }
+
+    /// Registers with the poller what the connection now waits for (interest is one-shot:
+    /// it is armed again after every event).
+    pub fn watch(&self, conn: &Conn, st: &mut ConnState) {
+        let want = self.interest(st);
+        if want == st.interest || (!want.read && !want.write) {
             return;
         }
-        if let Err(e) = self.poller.modify(&conn.sock, Event::new(conn.key, read, write)) {
-            log::debug!(target: "rswaitress", "poller modify failed: {e}");
+        let Some(sock) = st.sock() else { return };
+        match self.poller.modify(sock, PollEvent::new(conn.key, want.read, want.write)) {
+            Ok(()) => st.interest = want,
+            Err(e) => log::debug!(target: "rswaitress", "poller modify failed: {e}"),
         }
     }
 
@@ -112,23 +222,20 @@ impl Shared {
         self.cfg.recv_bytes.saturating_mul(self.cfg.channel_request_lookahead)
     }
 
-    /// Closes a connection (idempotent). The caller holds its state lock.
-    pub fn close_locked(&self, conn: &Conn, st: &mut ConnState) {
-        if st.closed {
-            return;
+    /// Closes a connection (idempotent): deregisters and closes the socket, wakes a
+    /// worker waiting on back-pressure. The caller holds its lock.
+    pub fn close(&self, conn: &Conn, st: &mut ConnState) {
+        if let Some(sock) = st.close() {
+            let _ = self.poller.delete(&sock);
+            drop(sock);
         }
-        st.closed = true;
-        st.out.clear();
-        st.inbuf = Vec::new();
-        let _ = self.poller.delete(&conn.sock);
-        let _ = conn.sock.shutdown(std::net::Shutdown::Both);
         conn.drained.notify_all();
         let remaining = {
             let mut conns = self.conns.lock();
             conns.remove(&conn.key);
             conns.len()
         };
-        if self.accept_paused.load(Ordering::Relaxed) && remaining < self.cfg.connection_limit {
+        if remaining < self.cfg.connection_limit && self.accept_paused.load(Ordering::Relaxed) {
             let _ = self.poller.notify();
         }
     }
@@ -139,99 +246,8 @@ impl Shared {
         }
     }
 
-    /// Queues an error answer and closes once it is sent.
-    fn refuse(&self, conn: &Conn, st: &mut ConnState, err: &HttpError, version: Version) {
-        let body = error_response(err, version, &self.cfg.ident);
-        st.close_after_flush = true;
-        st.linger = true;
-        match st.send(&conn.sock, &[&body]) {
-            Ok(0) => {
-                self.end(conn, st);
-            }
-            Ok(_) => self.arm(conn, st, true),
-            Err(e) => {
-                self.log_socket_error("sending an error response", &e);
-                self.close_locked(conn, st);
-            }
-        }
-    }
-
-    /// Ends a connection whose output is all sent: closes it, or after an error answer
-    /// half-closes it and drains what the client still sends for up to LINGER.
-    fn end(&self, conn: &Conn, st: &mut ConnState) -> Next {
-        if st.linger && !st.eof && !self.is_stopping() {
-            st.draining = true;
-            st.inbuf.clear();
-            let _ = conn.sock.shutdown(std::net::Shutdown::Write);
-            self.lingering.lock().push((Instant::now() + LINGER, conn.key));
-            self.arm(conn, st, false);
-            return Next::Wait;
-        }
-        self.close_locked(conn, st);
-        Next::Closed
-    }
-
-    /// Decides what a connection that no worker is serving does next: close, serve the
-    /// next request already buffered, or wait for more input. The caller holds the lock.
-    pub fn advance(&self, conn: &Conn, st: &mut ConnState) -> Next {
-        if st.closed {
-            return Next::Closed;
-        }
-        if !st.out.is_empty() {
-            self.arm(conn, st, true);
-            return Next::Wait;
-        }
-        if st.draining {
-            st.inbuf.clear();
-            if st.eof {
-                self.close_locked(conn, st);
-                return Next::Closed;
-            }
-            self.arm(conn, st, false);
-            return Next::Wait;
-        }
-        if st.close_after_flush || self.is_stopping() {
-            return self.end(conn, st);
-        }
-        match st.parse(&self.cfg) {
-            Parsed::Request(req) => Next::Serve(req),
-            Parsed::Error(err, version) => {
-                self.refuse(conn, st, &err, version);
-                Next::Wait
-            }
-            Parsed::NeedMore => {
-                if st.eof {
-                    self.close_locked(conn, st);
-                    return Next::Closed;
-                }
-                if !st.out.is_empty() {
-                    // A 100 Continue was queued: send it before reading on.
-                    match st.flush(&conn.sock) {
-                        Ok(0) => {}
-                        Ok(_) => {
-                            self.arm(conn, st, true);
-                            return Next::Wait;
-                        }
-                        Err(e) => {
-                            self.log_socket_error("sending 100 Continue", &e);
-                            self.close_locked(conn, st);
-                            return Next::Closed;
-                        }
-                    }
-                }
-                self.arm(conn, st, false);
-                Next::Wait
-            }
-        }
-    }
-
     /// Hands a request to the worker pool.
-    pub fn dispatch(&self, conn: Arc<Conn>, st: &mut ConnState, req: Request) {
-        st.busy = true;
-        if self.cfg.channel_request_lookahead > 0 {
-            let write = st.write_armed;
-            self.arm(&conn, st, write);
-        }
+    pub fn dispatch(&self, conn: Arc<Conn>, req: Request) {
         let _ = self.tasks_tx.send(Some(Task { conn, req }));
         let queued = self.tasks_rx.len();
         let idle = self.idle_workers.load(Ordering::Relaxed);
@@ -278,220 +294,559 @@ pub fn is_disconnect(e: &io::Error) -> bool {
     )
 }
 
-/// Runs the loop until a stop is requested (close(), or `tick` returning false) and the
-/// requests in progress have finished or the grace period is over. `tick` runs about ten
-/// times a second on this thread: it is where signals and log delivery happen.
-pub fn run(shared: &Arc<Shared>, mut tick: impl FnMut() -> bool) -> io::Result<()> {
-    let poller = &shared.poller;
-    for (i, l) in shared.listeners.iter().enumerate() {
-        // SAFETY: listeners are deleted from the poller below before this returns, and
-        // the Python side closes them only after that.
-        unsafe { poller.add(l.socket(), Event::readable(i))? };
-    }
-    let mut events = Events::with_capacity(std::num::NonZeroUsize::new(1024).unwrap());
-    // recv_bytes is Waitress's recv() size; large bodies arrive in far fewer system calls
-    // with a bigger landing buffer, so it is taken as a lower bound.
-    let mut scratch = vec![0u8; shared.cfg.recv_bytes.max(RECV_BUFFER)];
-    let mut last_tick = Instant::now();
-    let mut next_cleanup = Instant::now() + shared.cfg.cleanup_interval;
-    let mut stop_deadline: Option<Instant> = None;
-    let result = loop {
-        events.clear();
-        if let Err(e) = poller.wait(&mut events, Some(TICK)) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                break Err(e);
-            }
-        }
-        for ev in events.iter() {
-            if ev.key < shared.listeners.len() {
-                accept(shared, ev.key, &mut scratch);
-            } else {
-                let conn = shared.conns.lock().get(&ev.key).cloned();
-                if let Some(conn) = conn {
-                    on_event(shared, &conn, ev, &mut scratch);
-                }
-            }
-        }
-        let now = Instant::now();
-        if shared.accept_paused.load(Ordering::Relaxed)
-            && shared.conns.lock().len() < shared.cfg.connection_limit
-            && stop_deadline.is_none()
-        {
-            shared.accept_paused.store(false, Ordering::Relaxed);
-            log::info!(target: "rswaitress",
-                "total open connections dropped below the connection limit, listening again");
-            for (i, l) in shared.listeners.iter().enumerate() {
-                let _ = poller.modify(l.socket(), Event::readable(i));
-            }
-        }
-        if now.duration_since(last_tick) >= TICK {
-            last_tick = now;
-            close_lingering(shared, now);
-            if !tick() {
-                shared.stopping.store(true, Ordering::SeqCst);
-            }
-        }
-        if now >= next_cleanup {
-            next_cleanup = now + shared.cfg.cleanup_interval;
-            close_idle(shared, now);
-        }
-        if shared.is_stopping() {
-            let deadline = *stop_deadline.get_or_insert_with(|| {
-                for l in &shared.listeners {
-                    let _ = poller.delete(l.socket());
-                }
-                now + SHUTDOWN_GRACE
-            });
-            if close_quiet(shared) || now >= deadline {
-                break Ok(());
-            }
-        }
-    };
-    if stop_deadline.is_none() {
-        for l in &shared.listeners {
-            let _ = poller.delete(l.socket());
-        }
-    }
-    let conns: Vec<Arc<Conn>> = shared.conns.lock().values().cloned().collect();
-    for conn in conns {
-        let mut st = conn.st.lock();
-        shared.close_locked(&conn, &mut st);
-    }
+/// Runs the loop until a stop has been requested and the connections have drained (or
+/// the grace period is over). Meant for a thread of its own.
+pub fn run(shared: &Arc<Shared>) -> io::Result<()> {
+    let result = Reactor::new(shared).and_then(|mut r| r.run());
+    shared.finished.store(true, Ordering::SeqCst);
+    let _ = shared.main_waker.notify();
     result
 }
 
-fn accept(shared: &Arc<Shared>, idx: usize, scratch: &mut [u8]) {
-    let listener = &shared.listeners[idx];
-    loop {
-        if shared.conns.lock().len() >= shared.cfg.connection_limit {
-            if !shared.accept_paused.swap(true, Ordering::Relaxed) {
-                log::warn!(target: "rswaitress",
-                    "total open connections reached the connection limit, no longer accepting new connections");
-            }
-            return;
-        }
-        match listener.accept() {
-            Ok((sock, addr)) => {
-                let key = shared.new_key();
-                let peer = peer_strings(&addr, listener.info.is_unix);
-                let conn = Arc::new(Conn::new(key, sock, listener.info.clone(), peer, &shared.cfg));
-                shared.conns.lock().insert(key, conn.clone());
-                // Registered with no interest yet: the request usually arrived with the
-                // handshake, so it is read at once, and the read decides what to wait for.
-                // SAFETY: the socket is deleted from the poller in close_locked before
-                // the last reference to the connection (and so the socket) goes away.
-                if let Err(e) = unsafe { shared.poller.add(&conn.sock, Event::none(key)) } {
-                    log::warn!(target: "rswaitress", "could not watch a new connection: {e}");
-                    let mut st = conn.st.lock();
-                    shared.close_locked(&conn, &mut st);
-                    continue;
-                }
-                on_event(shared, &conn, Event::readable(key), scratch);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                if shared.cfg.log_socket_errors {
-                    log::warn!(target: "rswaitress", "server accept() threw an exception: {e}");
-                }
-                // Out of descriptors and the like: back off until the next event.
-                break;
-            }
-        }
-    }
-    let _ = shared.poller.modify(listener.socket(), Event::readable(idx));
+struct Reactor<'a> {
+    shared: &'a Arc<Shared>,
+    listeners: Vec<Listener>,
+    scratch: Vec<u8>,
 }
 
-fn on_event(shared: &Arc<Shared>, conn: &Arc<Conn>, ev: Event, scratch: &mut [u8]) {
-    let mut st = conn.st.lock();
-    if st.closed {
-        return;
+impl<'a> Reactor<'a> {
+    fn new(shared: &'a Arc<Shared>) -> io::Result<Self> {
+        let listeners = shared.listeners.lock().take().unwrap_or_default();
+        for (i, l) in listeners.iter().enumerate() {
+            // SAFETY: each listener is deleted from the poller (in stop_accepting) before
+            // it is dropped, and it lives in this struct until then.
+            unsafe { shared.poller.add(l.socket(), PollEvent::readable(i))? };
+        }
+        // recv_bytes is Waitress's recv() size; large bodies arrive in far fewer system
+        // calls with a bigger landing buffer, so it is taken as a lower bound.
+        let scratch = vec![0u8; shared.cfg.recv_bytes.max(RECV_BUFFER)];
+        Ok(Reactor { shared, listeners, scratch })
     }
-    if ev.writable && st.write_armed {
-        match st.flush(&conn.sock) {
-            Ok(left) => {
-                if left <= shared.cfg.outbuf_high_watermark as u64 {
-                    conn.drained.notify_all();
+
+    fn run(&mut self) -> io::Result<()> {
+        let shared = self.shared;
+        let mut events = Events::with_capacity(std::num::NonZeroUsize::new(1024).unwrap());
+        let mut next_cleanup = Instant::now() + shared.cfg.cleanup_interval;
+        let mut next_tick = Instant::now() + TICK;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            events.clear();
+            if let Err(e) = shared.poller.wait(&mut events, Some(TICK)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.stop_accepting();
+                    self.close_all();
+                    return Err(e);
                 }
-                st.write_armed = left > 0;
             }
-            Err(e) => {
-                shared.log_socket_error("flushing a response", &e);
-                shared.close_locked(conn, &mut st);
-                return;
+            for ev in events.iter() {
+                // A fault in the handling of one connection closes that connection and
+                // is logged; the loop goes on.
+                let outcome = catch_unwind(AssertUnwindSafe(|| self.on_event(ev)));
+                if outcome.is_err() {
+                    log::error!(target: "rswaitress", "internal error while handling a connection event; the connection was closed");
+                    if let Some(conn) = shared.conns.lock().get(&ev.key).cloned() {
+                        let mut st = conn.st.lock();
+                        shared.close(&conn, &mut st);
+                    }
+                }
+            }
+            let now = Instant::now();
+            if shared.accept_paused.load(Ordering::Relaxed)
+                && !shared.is_stopping()
+                && shared.conns.lock().len() < shared.cfg.connection_limit
+            {
+                shared.accept_paused.store(false, Ordering::Relaxed);
+                log::info!(target: "rswaitress",
+                    "total open connections dropped below the connection limit, listening again");
+                for (i, l) in self.listeners.iter().enumerate() {
+                    let _ = shared.poller.modify(l.socket(), PollEvent::readable(i));
+                }
+            }
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.close_lingering(now);
+            }
+            if now >= next_cleanup {
+                next_cleanup = now + shared.cfg.cleanup_interval;
+                self.close_stalled(now);
+            }
+            match shared.stop.load(Ordering::SeqCst) {
+                RUNNING => {}
+                ABORTING => {
+                    self.stop_accepting();
+                    self.close_all();
+                    return Ok(());
+                }
+                _ => {
+                    let deadline = *deadline.get_or_insert_with(|| {
+                        self.stop_accepting();
+                        now + shared.cfg.graceful_timeout
+                    });
+                    if self.drain_step(now) {
+                        return Ok(());
+                    }
+                    if now >= deadline {
+                        let left = shared.conns.lock().len();
+                        if left > 0 {
+                            log::warn!(target: "rswaitress",
+                                "graceful stop timed out; closing {left} connection(s) still in progress");
+                        }
+                        self.close_all();
+                        return Ok(());
+                    }
+                }
             }
         }
     }
-    if ev.readable && (st.busy || !st.write_armed) {
-        if let Err(e) = st.read_some(&conn.sock, scratch) {
-            if shared.cfg.log_socket_errors && !is_disconnect(&e) {
-                log::warn!(target: "rswaitress", "Socket error while reading: {e}");
-            }
-            if !st.busy {
-                shared.close_locked(conn, &mut st);
-                return;
-            }
-            // The worker finds out when it writes; the request ends the connection.
-            st.eof = true;
-        }
-    }
-    if st.busy || st.write_armed {
-        // A worker drives the connection, or output is still waiting for the socket.
-        let write = st.write_armed;
-        shared.arm(conn, &mut st, write);
-        return;
-    }
-    if let Next::Serve(req) = shared.advance(conn, &mut st) {
-        shared.dispatch(conn.clone(), &mut st, req);
-    }
-}
 
-/// Closes connections that have been inactive longer than channel_timeout, or have
-/// taken longer than that to send one request head, unless a worker is serving them.
-fn close_idle(shared: &Arc<Shared>, now: Instant) {
-    let timeout = shared.cfg.channel_timeout;
-    let conns: Vec<Arc<Conn>> = shared.conns.lock().values().cloned().collect();
-    for conn in conns {
-        let mut st = conn.st.lock();
-        let idle = now.duration_since(st.last_activity) > timeout;
-        let slow_head = st.head_started.is_some_and(|t| now.duration_since(t) > timeout);
-        if !st.busy && (idle || slow_head) {
-            shared.close_locked(&conn, &mut st);
+    /// Stops accepting: the listening sockets are closed, so new connections are refused.
+    fn stop_accepting(&mut self) {
+        for l in self.listeners.drain(..) {
+            let _ = self.shared.poller.delete(l.socket());
         }
+        let _ = self.shared.main_waker.notify();
     }
-}
 
-/// Closes draining connections whose linger time is over.
-fn close_lingering(shared: &Arc<Shared>, now: Instant) {
-    let expired: Vec<usize> = {
-        let mut l = shared.lingering.lock();
-        if l.is_empty() {
-            return;
-        }
-        let (done, keep): (Vec<_>, Vec<_>) = l.drain(..).partition(|(t, _)| *t <= now);
-        *l = keep;
-        done.into_iter().map(|(_, k)| k).collect()
-    };
-    for key in expired {
-        let conn = shared.conns.lock().get(&key).cloned();
-        if let Some(conn) = conn {
+    fn close_all(&self) {
+        let conns: Vec<Arc<Conn>> = self.shared.conns.lock().values().cloned().collect();
+        for conn in conns {
             let mut st = conn.st.lock();
-            shared.close_locked(&conn, &mut st);
+            self.shared.apply(&conn, &mut st, Event::Abort);
+        }
+    }
+
+    /// One step of a graceful stop: closes the connections with nothing in progress;
+    /// true once none is left and no request waits in the queue.
+    fn drain_step(&self, now: Instant) -> bool {
+        let conns: Vec<Arc<Conn>> = self.shared.conns.lock().values().cloned().collect();
+        let mut left = 0;
+        for conn in conns {
+            let mut st = conn.st.lock();
+            let quiet = now.saturating_duration_since(st.clocks.last_input) > DRAIN_IDLE;
+            if phase::closes_while_draining(st.phase, !st.out.is_empty(), quiet) {
+                self.shared.close(&conn, &mut st);
+            } else if !st.is_closed() {
+                left += 1;
+            }
+        }
+        left == 0 && self.shared.tasks_rx.is_empty()
+    }
+
+    fn on_event(&mut self, ev: PollEvent) {
+        if ev.key < self.shared.listener_count {
+            self.accept(ev.key);
+            return;
+        }
+        let conn = self.shared.conns.lock().get(&ev.key).cloned();
+        if let Some(conn) = conn {
+            Self::on_ready(self.shared, &mut self.scratch, &conn, ev.readable, ev.writable);
+        }
+    }
+
+    fn accept(&mut self, idx: usize) {
+        let shared = self.shared;
+        let Some(listener) = self.listeners.get(idx) else { return };
+        let scratch = &mut self.scratch;
+        loop {
+            if shared.conns.lock().len() >= shared.cfg.connection_limit {
+                if !shared.accept_paused.swap(true, Ordering::Relaxed) {
+                    log::warn!(target: "rswaitress",
+                        "total open connections reached the connection limit, no longer accepting new connections");
+                }
+                return;
+            }
+            match listener.accept() {
+                Ok((sock, addr)) => {
+                    let key = shared.new_key();
+                    let peer = peer_strings(&addr, listener.info.is_unix);
+                    let conn = Arc::new(Conn::new(key, sock, listener.info.clone(), peer, &shared.cfg));
+                    {
+                        let st = conn.st.lock();
+                        let sock = st.sock().expect("a new connection has its socket");
+                        // Registered with no interest yet: the request usually arrived
+                        // with the handshake, so it is read at once below.
+                        // SAFETY: the socket is deleted from the poller in Shared::close
+                        // before it is dropped, and it lives in the state until then.
+                        if let Err(e) = unsafe { shared.poller.add(sock, PollEvent::none(key)) } {
+                            log::warn!(target: "rswaitress", "could not watch a new connection: {e}");
+                            continue;
+                        }
+                    }
+                    shared.conns.lock().insert(key, conn.clone());
+                    Self::on_ready(shared, scratch, &conn, true, false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if shared.cfg.log_socket_errors {
+                        log::warn!(target: "rswaitress", "server accept() threw an exception: {e}");
+                    }
+                    // Out of descriptors and the like: back off until the next event.
+                    break;
+                }
+            }
+        }
+        let Some(listener) = self.listeners.get(idx) else { return };
+        let _ = shared.poller.modify(listener.socket(), PollEvent::readable(idx));
+    }
+
+    fn on_ready(shared: &Shared, scratch: &mut [u8], conn: &Arc<Conn>, readable: bool, writable: bool) {
+        let mut st = conn.st.lock();
+        // Interest is one-shot: whatever was armed has fired.
+        st.interest = Interest::default();
+        if st.is_closed() {
+            return;
+        }
+        let mut event = None;
+        if writable && !st.out.is_empty() {
+            match st.flush() {
+                Ok(left) => {
+                    if left <= shared.cfg.outbuf_high_watermark as u64 {
+                        conn.drained.notify_all();
+                    }
+                    if left == 0 {
+                        event = Some(Event::Drained);
+                    }
+                }
+                Err(e) => {
+                    shared.log_socket_error("flushing a response", &e);
+                    event = Some(Event::Failed);
+                }
+            }
+        }
+        if event != Some(Event::Failed) && readable && shared.interest(&st).read {
+            match st.read_some(scratch) {
+                Ok(_) => {
+                    if matches!(st.phase, Phase::Lingering | Phase::Flushing(phase::After::Linger)) {
+                        st.input.clear();
+                    }
+                    if st.peer_closed {
+                        if let Some(e) = event.take() {
+                            let _ = shared.apply(conn, &mut st, e);
+                        }
+                        event = Some(Event::PeerClosed);
+                    } else if event.is_none() {
+                        event = Some(Event::Input);
+                    }
+                }
+                Err(e) => {
+                    shared.log_socket_error("reading", &e);
+                    event = Some(Event::Failed);
+                }
+            }
+        }
+        match event {
+            Some(e) => {
+                if let Some(req) = shared.apply(conn, &mut st, e) {
+                    drop(st);
+                    shared.dispatch(conn.clone(), req);
+                }
+            }
+            None => shared.watch(conn, &mut st),
+        }
+    }
+
+    /// Closes the connections that made no progress for channel_timeout (idle, dribbling
+    /// a head, or not reading their response), unless a worker's application is busy.
+    fn close_stalled(&self, now: Instant) {
+        let shared = self.shared;
+        let timeout = shared.cfg.channel_timeout;
+        let conns: Vec<Arc<Conn>> = shared.conns.lock().values().cloned().collect();
+        for conn in conns {
+            let mut st = conn.st.lock();
+            let pending = !st.out.is_empty();
+            if !phase::stalled(st.phase, pending, &st.clocks, now, timeout) {
+                continue;
+            }
+            if pending {
+                log::info!(target: "rswaitress",
+                    "Closing the connection from {}: the client accepted none of its response for {} s",
+                    conn.remote_addr, timeout.as_secs_f64());
+            }
+            shared.apply(&conn, &mut st, Event::Stalled);
+        }
+    }
+
+    /// Closes lingering connections whose deadline has passed.
+    fn close_lingering(&self, now: Instant) {
+        let expired: Vec<usize> = {
+            let mut l = self.shared.lingering.lock();
+            if l.is_empty() {
+                return;
+            }
+            let (done, keep): (Vec<_>, Vec<_>) = l.drain(..).partition(|(t, _)| *t <= now);
+            *l = keep;
+            done.into_iter().map(|(_, k)| k).collect()
+        };
+        for key in expired {
+            let conn = self.shared.conns.lock().get(&key).cloned();
+            if let Some(conn) = conn {
+                let mut st = conn.st.lock();
+                if st.phase == Phase::Lingering {
+                    self.shared.apply(&conn, &mut st, Event::LingerOver);
+                }
+            }
         }
     }
 }
 
-/// During shutdown: closes connections with nothing in progress; true when none is left.
-fn close_quiet(shared: &Arc<Shared>) -> bool {
-    let conns: Vec<Arc<Conn>> = shared.conns.lock().values().cloned().collect();
-    let mut left = 0;
-    for conn in conns {
-        let mut st = conn.st.lock();
-        if !st.busy && st.out.is_empty() {
-            shared.close_locked(&conn, &mut st);
-        } else {
-            left += 1;
+#[cfg(all(test, unix))]
+mod tests {
+    //! The reactor over real sockets, with a worker written in Rust (the Response writer
+    //! without Python) standing in for the pool.
+
+    use super::*;
+    use crate::listener::ListenerInfo;
+    use crate::wsgi::response::{Flow, Response, WriteError};
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    struct Running {
+        shared: Arc<Shared>,
+        addr: std::net::SocketAddr,
+        reactor: Option<std::thread::JoinHandle<io::Result<()>>>,
+    }
+
+    impl Running {
+        fn start(cfg: Config) -> Running {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let info = ListenerInfo { server_port: addr.port().to_string(), is_unix: false };
+            let listener = Listener::adopt(l.as_raw_fd() as i64, info).unwrap();
+            drop(l);
+            let shared = Arc::new(Shared::new(cfg, vec![listener]).unwrap());
+            let s = shared.clone();
+            let reactor = Some(std::thread::spawn(move || run(&s)));
+            Running { shared, addr, reactor }
+        }
+
+        fn connect(&self) -> TcpStream {
+            let c = TcpStream::connect(self.addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c
+        }
+
+        /// Runs `n` tasks through `handler` on a thread of its own, as a pool thread
+        /// would (taking each, serving it, handing the connection back, serving a
+        /// pipelined request at once).
+        fn worker(
+            &self,
+            n: usize,
+            handler: impl Fn(&mut Response, &Request) -> Result<(), WriteError> + Send + 'static,
+        ) -> std::thread::JoinHandle<Vec<Result<(), WriteError>>> {
+            let shared = self.shared.clone();
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                while outcomes.len() < n {
+                    let Ok(Some(task)) = shared.tasks_rx.recv() else { break };
+                    let conn = task.conn;
+                    let mut next = {
+                        let mut st = conn.st.lock();
+                        (st.phase == Phase::Queued).then(|| {
+                            shared.apply(&conn, &mut st, Event::Taken);
+                            task.req
+                        })
+                    };
+                    while let Some(req) = next.take() {
+                        let side = crate::http::response::RequestSide {
+                            version: req.head.version,
+                            keep_alive: req.head.keep_alive,
+                            asked_keep_alive: req.head.asked_keep_alive,
+                        };
+                        let mut resp = Response::new(shared.clone(), conn.clone(), side, req.head.is_head());
+                        let outcome = handler(&mut resp, &req).and_then(|_| resp.finish().map(|_| ()));
+                        let close = resp.close || outcome.is_err();
+                        outcomes.push(outcome);
+                        let mut st = conn.st.lock();
+                        next = shared.apply(&conn, &mut st, Event::ResponseDone { close }).inspect(|_| {
+                            shared.apply(&conn, &mut st, Event::Taken);
+                        });
+                    }
+                }
+                outcomes
+            })
+        }
+
+        fn stop(mut self) {
+            self.shared.request_stop();
+            self.reactor.take().unwrap().join().unwrap().unwrap();
         }
     }
-    left == 0 && shared.tasks_rx.is_empty()
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(r) = self.reactor.take() {
+                self.shared.abort();
+                let _ = r.join();
+            }
+        }
+    }
+
+    /// Answers with the request path as the body.
+    fn echo_path(resp: &mut Response, req: &Request) -> Result<(), WriteError> {
+        let body = req.head.uri.clone();
+        resp.start(
+            "200 OK".into(),
+            vec![("Content-Length".into(), body.len().to_string())],
+            Some(body.len() as u64),
+            false,
+        );
+        resp.write(&body).map(|_| ())
+    }
+
+    fn read_until(c: &mut TcpStream, needle: &[u8], count: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while got.windows(needle.len()).filter(|w| *w == needle).count() < count {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    fn read_to_eof(c: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
+                Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&got)),
+            }
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order() {
+        let r = Running::start(Config::default());
+        let w = r.worker(3, echo_path);
+        let mut c = r.connect();
+        c.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /bb HTTP/1.1\r\nHost: h\r\n\r\nGET /ccc HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap();
+        let got = read_until(&mut c, b"HTTP/1.1 200 OK", 3);
+        let got = read_until_complete(&mut c, got, b"/ccc");
+        let text = String::from_utf8_lossy(&got);
+        let a = text.find("\r\n\r\n/a").unwrap();
+        let b = text.find("\r\n\r\n/bb").unwrap();
+        let cc = text.find("\r\n\r\n/ccc").unwrap();
+        assert!(a < b && b < cc, "{text}");
+        assert!(w.join().unwrap().iter().all(Result::is_ok));
+        r.stop();
+    }
+
+    fn read_until_complete(c: &mut TcpStream, mut got: Vec<u8>, end: &[u8]) -> Vec<u8> {
+        let mut buf = [0u8; 8192];
+        while !got.ends_with(end) {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// No worker runs at all: a malformed request is answered by the reactor, which then
+    /// lingers (reading what the client still sends) until the client closes.
+    #[test]
+    fn refusals_need_no_worker() {
+        let r = Running::start(Config::default());
+        let mut c = r.connect();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap();
+        let got = read_until(&mut c, b"(generated by rswaitress)", 1);
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(text.contains("Host header is repeated"), "{text}");
+        // Lingering: more input is read and dropped, then our close follows the client's.
+        c.write_all(b"more bytes the client was still sending").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        assert!(read_to_eof(&mut c).is_empty());
+        wait_for(|| r.shared.conns.lock().is_empty());
+        r.stop();
+    }
+
+    fn wait_for(cond: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("condition not reached within 10 s");
+    }
+
+    /// A client that requests a large response and reads none of it: the writer blocks
+    /// on back-pressure, and the connection is closed after channel_timeout, which
+    /// frees the writer (Lost).
+    #[test]
+    fn slow_reader_is_timed_out_and_its_writer_freed() {
+        let cfg = Config {
+            channel_timeout: Duration::from_millis(300),
+            cleanup_interval: Duration::from_millis(50),
+            outbuf_high_watermark: 1 << 16,
+            ..Config::default()
+        };
+        let r = Running::start(cfg);
+        let w = r.worker(1, |resp, _| {
+            resp.start("200 OK".into(), vec![], None, false);
+            let piece = vec![b'x'; 1 << 16];
+            loop {
+                if resp.write(&piece)? == Flow::Backlogged {
+                    resp.wait_drained()?;
+                }
+            }
+        });
+        let c = crate::connection::tests::small_receive_buffer(r.addr);
+        (&c).write_all(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        let outcomes = w.join().unwrap();
+        assert_eq!(outcomes, vec![Err(WriteError::Lost)]);
+        wait_for(|| r.shared.conns.lock().is_empty());
+        r.stop();
+    }
+
+    /// A stop with a request in progress: new connections are refused at once, an idle
+    /// kept-alive connection is closed, the request in progress finishes with
+    /// `Connection: close`, and the loop returns.
+    #[test]
+    fn graceful_stop_drains() {
+        let r = Running::start(Config::default());
+        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(0);
+        let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
+        let w = r.worker(2, move |resp, req| {
+            if req.head.uri == b"/slow" {
+                started_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+            }
+            echo_path(resp, req)
+        });
+        let mut idle = r.connect();
+        idle.write_all(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        read_until(&mut idle, b"/first", 1);
+        let mut busy = r.connect();
+        busy.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        started_rx.recv().unwrap();
+        r.shared.request_stop();
+        wait_for(|| TcpStream::connect(r.addr).is_err());
+        assert!(read_to_eof(&mut idle).is_empty(), "the idle connection is closed, not answered");
+        go_tx.send(()).unwrap();
+        let got = read_to_eof(&mut busy);
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("Connection: close\r\n") && text.ends_with("/slow"), "{text}");
+        assert!(w.join().unwrap().iter().all(Result::is_ok));
+        r.stop();
+    }
+
+    #[test]
+    fn abort_closes_everything_at_once() {
+        let r = Running::start(Config::default());
+        let mut c = r.connect();
+        c.write_all(b"GET /never-served HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        wait_for(|| !r.shared.tasks_rx.is_empty());
+        r.shared.abort();
+        assert!(read_to_eof(&mut c).is_empty());
+        let mut r = r;
+        r.reactor.take().unwrap().join().unwrap().unwrap();
+        assert!(r.shared.conns.lock().is_empty());
+    }
 }

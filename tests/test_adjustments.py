@@ -136,6 +136,9 @@ EXPECTED_DEFAULTS = {
     "channel_request_lookahead": 0,
     "server_name": "waitress.invalid",
     "sockets": [],
+    # rswaitress's own
+    "allow_missing_host": False,
+    "graceful_timeout": 30.0,
 }
 
 
@@ -147,6 +150,28 @@ def test_defaults():
     assert a.listen == [(socket.AF_INET, *TCP, ("0.0.0.0", 8080))]
     # Nagle's algorithm off on accepted connections (SOL_TCP == IPPROTO_TCP).
     assert a.socket_options == [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+@pytest.mark.parametrize("kw, name, expected", [
+    ({"allow_missing_host": "yes"}, "allow_missing_host", True),
+    ({"allow_missing_host": "0"}, "allow_missing_host", False),
+    ({"allow_missing_host": True}, "allow_missing_host", True),
+    ({"graceful_timeout": "2.5"}, "graceful_timeout", 2.5),
+    ({"graceful_timeout": 7}, "graceful_timeout", 7.0),
+])
+def test_rswaitress_settings_coerce_strings(kw, name, expected):
+    assert getattr(make(**kw), name) == expected
+
+
+def test_rswaitress_setting_errors_name_the_value():
+    with pytest.raises(ValueError, match="could not convert string to float: 'soon'"):
+        make(graceful_timeout="soon")
+
+
+def test_rswaitress_only_settings_are_unknown_to_waitress():
+    for name in adj.RSWAITRESS_ONLY:
+        assert name in adj.SETTINGS_BY_NAME
+        assert not hasattr(waitress_adjustments.Adjustments, name)
 
 
 def test_every_setting_has_a_documented_default():
@@ -524,7 +549,8 @@ def test_parse_args_errors(argv, message):
 
 waitress_adjustments = pytest.importorskip("waitress.adjustments")
 
-SETTING_NAMES = [setting.name for setting in adj.SETTINGS] + ["socket_options"]
+# Waitress's settings (rswaitress's own extensions are checked on their own below).
+SETTING_NAMES = [s.name for s in adj.SETTINGS if s.name not in adj.RSWAITRESS_ONLY] + ["socket_options"]
 
 _UNKNOWN_HEADER = re.compile(
     r"^Received unknown trusted_proxy_headers value \((.*)\) expected one of (.*)$"

@@ -254,9 +254,19 @@ SETTINGS = (
             "lets a running request see that its client went away."),
     Setting("server_name", str, "waitress.invalid",
             "SERVER_NAME when the request carries no Host header."),
+    # Settings of rswaitress's own (Waitress has no such keyword).
+    Setting("allow_missing_host", to_bool, False,
+            "Accept HTTP/1.1 requests without a Host header, as Waitress does. "
+            "RFC 9112 requires a 400 answer, which is the default."),
+    Setting("graceful_timeout", float, 30.0,
+            "Seconds a graceful stop (SIGTERM, Ctrl-C, close()) waits for requests "
+            "in progress before closing their connections."),
 )
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+#: The settings Waitress does not have: extensions of rswaitress's own.
+RSWAITRESS_ONLY = frozenset({"allow_missing_host", "graceful_timeout"})
 
 # Pairs of settings that may not be given together, checked in this order
 # before anything else; each message is the one Waitress gives.

@@ -208,6 +208,17 @@ Tuning options:
         detecting if a client closed the connection while its request is being
         processed. Default is 0.
 
+rswaitress options:
+
+    --[no-]allow-missing-host
+        Accept HTTP/1.1 requests that carry no 'Host' header, as Waitress
+        does. RFC 9112 requires them to be answered with 400 Bad Request,
+        which is the default.
+
+    --graceful-timeout=SECONDS
+        How long a graceful stop (SIGTERM, Ctrl-C) waits for requests in
+        progress before closing their connections. Default is 30.
+
 """
 
 

@@ -9,6 +9,7 @@ attributes Waitress users rely on: ``run()``, ``close()``, ``print_listen()``,
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import socket
 import stat
 import sys
 import threading
+import weakref
 from socket import AddressFamily
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Union
@@ -37,6 +39,19 @@ logger = logging.getLogger("rswaitress")
 #: Seconds run() waits for pool threads to finish after the reactor has stopped.
 THREAD_JOIN_TIMEOUT = 5.0
 
+#: Servers whose run() is in progress (on any thread).
+_RUNNING = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_servers():
+    """At interpreter exit, stops the servers still running on other threads and waits
+    for them: a daemon thread must not be inside the server when the interpreter
+    finalises (Python ends such threads abruptly, and that cannot unwind through the
+    core)."""
+    for server in list(_RUNNING):
+        server._stop_for_exit()
+
 
 def cleanup_unix_socket(path: str) -> None:
     """Removes a stale Unix socket file left by a previous server at ``path``."""
@@ -57,6 +72,51 @@ def _prepare_socket(sock: socket.socket, adj: Adjustments) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+
+class _SignalWakeup:
+    """A socket pair whose writing end is ``signal.set_wakeup_fd``'s: a signal then wakes
+    the thread waiting in the core's run() at once (the handler itself runs when that
+    thread takes the GIL). Only on the main thread, and only when no one else (an asyncio
+    loop, say) has set a wakeup descriptor already."""
+
+    def __init__(self, reader, writer):
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    def install(cls):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            reader, writer = socket.socketpair()
+        except OSError:
+            return None
+        reader.setblocking(False)
+        writer.setblocking(False)
+        try:
+            previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            reader.close()
+            writer.close()
+            return None
+        if previous != -1:
+            signal.set_wakeup_fd(previous)
+            reader.close()
+            writer.close()
+            return None
+        return cls(reader, writer)
+
+    def fileno(self):
+        return self.reader.fileno()
+
+    def uninstall(self):
+        try:
+            signal.set_wakeup_fd(-1)
+        except (ValueError, OSError):
+            pass
+        self.reader.close()
+        self.writer.close()
 
 
 class _Listening:
@@ -169,6 +229,7 @@ class BaseWSGIServer:
         self.server_name = adj.server_name
         self._closed = False
         self._running = False
+        self._run_done = threading.Event()
         self._threads: list[threading.Thread] = []
         try:
             self._core = _core.Server(
@@ -214,28 +275,44 @@ class BaseWSGIServer:
 
     def run(self) -> None:
         """Serves until close() is called or SIGINT/SIGTERM arrives, then finishes the
-        requests in progress and returns."""
+        requests in progress (within ``graceful_timeout``) and returns. A second signal
+        during that drain stops at once."""
         if self._closed:
             raise RuntimeError("this server was closed")
         self._running = True
+        self._run_done.clear()
+        _RUNNING.add(self)
         restore_sigterm = self._install_sigterm()
+        wakeup = _SignalWakeup.install()
         self._start_threads()
         try:
-            self._core.run()
+            self._core.run(wakeup.fileno() if wakeup else None, self._close_sockets)
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:
+            if wakeup is not None:
+                wakeup.uninstall()
             if restore_sigterm is not None:
                 signal.signal(signal.SIGTERM, restore_sigterm)
             self._core.close()
             self._stop_threads()
             self._running = False
             self._close_sockets()
+            _RUNNING.discard(self)
+            self._run_done.set()
+
+    def _stop_for_exit(self):
+        self._core.close()
+        grace = float(getattr(self.adj, "graceful_timeout", 0)) + THREAD_JOIN_TIMEOUT + 1
+        if not self._run_done.wait(grace):
+            self._core.abort()
+            self._run_done.wait(THREAD_JOIN_TIMEOUT + 1)
 
     def close(self) -> None:
         """Stops a running server (from any thread) or releases an idle one's sockets."""
         self._core.close()
         if not self._running:
+            self._core.release()
             self._close_sockets()
 
     def _install_sigterm(self) -> _Handler:

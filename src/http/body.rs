@@ -65,7 +65,12 @@ impl Spool {
 
     /// Receives up to `want` bytes of body from `sock` into the spool: straight into the
     /// reserved memory when it has room, else through `scratch`. Ok(0) is end of stream.
-    pub fn recv_from(&mut self, sock: &socket2::Socket, want: usize, scratch: &mut [u8]) -> io::Result<usize> {
+    pub fn recv_from(
+        &mut self,
+        sock: &socket2::Socket,
+        want: usize,
+        scratch: &mut [u8],
+    ) -> io::Result<usize> {
         if self.file.is_none() && self.mem.capacity() - self.mem.len() >= want {
             let spare = &mut self.mem.spare_capacity_mut()[..want];
             let n = sock.recv(spare)?;
@@ -139,7 +144,9 @@ enum ChunkState {
     /// At the start of a trailer line (or of the final blank line).
     TrailerStart,
     TrailerLine,
-    TrailerLf { blank: bool },
+    TrailerLf {
+        blank: bool,
+    },
     Done,
 }
 
@@ -179,18 +186,12 @@ impl BodyDecoder {
     }
 
     pub fn chunked() -> Self {
-        BodyDecoder::Chunked(Chunked {
-            state: ChunkState::SizeLine,
-            line: Vec::new(),
-            trailer_bytes: 0,
-        })
+        BodyDecoder::Chunked(Chunked { state: ChunkState::SizeLine, line: Vec::new(), trailer_bytes: 0 })
     }
 
     /// Feeds raw bytes; decoded body bytes go to `out`. `max_body` bounds the decoded size
     /// (413 past it). Bytes after the end of the body are left unconsumed.
-    pub fn feed(&mut self, data: &[u8], out: &mut Spool, max_body: u64)
-        -> Result<Progress, HttpError>
-    {
+    pub fn feed(&mut self, data: &[u8], out: &mut Spool, max_body: u64) -> Result<Progress, HttpError> {
         match self {
             BodyDecoder::Length { remaining } => {
                 let take = (*remaining).min(data.len() as u64) as usize;
@@ -212,9 +213,7 @@ fn bad(msg: &str) -> HttpError {
 }
 
 impl Chunked {
-    fn feed(&mut self, data: &[u8], out: &mut Spool, max_body: u64)
-        -> Result<Progress, HttpError>
-    {
+    fn feed(&mut self, data: &[u8], out: &mut Spool, max_body: u64) -> Result<Progress, HttpError> {
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
@@ -314,7 +313,8 @@ impl Chunked {
 
 /// `chunk-size [ chunk-ext ]`: hex digits only (no sign, prefix or spaces), then zero or
 /// more `;name[=value]` extensions whose names are tokens and values tokens or quoted
-/// strings. Extensions are checked and then ignored.
+/// strings, with optional whitespace around `;` and `=` (RFC 9112 7.1.1's BWS).
+/// Extensions are checked and then ignored.
 fn parse_chunk_line(line: &[u8]) -> Result<u64, HttpError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 {
@@ -323,47 +323,60 @@ fn parse_chunk_line(line: &[u8]) -> Result<u64, HttpError> {
     let mut size: u64 = 0;
     for &b in &line[..digits] {
         let v = (b as char).to_digit(16).unwrap() as u64;
-        size = size
-            .checked_mul(16)
-            .and_then(|s| s.checked_add(v))
-            .ok_or_else(|| bad("Chunk size too large"))?;
+        size =
+            size.checked_mul(16).and_then(|s| s.checked_add(v)).ok_or_else(|| bad("Chunk size too large"))?;
     }
     let rest = &line[digits..];
-    if !rest.is_empty() && rest[0] != b';' {
+    if !rest.is_empty() && !matches!(rest[0], b';' | b' ' | b'\t') {
         return Err(bad("Invalid chunk size"));
     }
     check_extensions(rest)?;
     Ok(size)
 }
 
+fn skip_bws(ext: &[u8]) -> &[u8] {
+    let n = ext.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    &ext[n..]
+}
+
+/// `*( BWS ";" BWS name [ BWS "=" BWS value ] )`: whitespace is allowed only where it
+/// separates those parts, not at the end of the line.
 fn check_extensions(mut ext: &[u8]) -> Result<(), HttpError> {
     let invalid = || bad("Invalid chunk extension");
     while !ext.is_empty() {
-        if ext[0] != b';' {
+        ext = skip_bws(ext);
+        if ext.first() != Some(&b';') {
             return Err(invalid());
         }
-        ext = &ext[1..];
+        ext = skip_bws(&ext[1..]);
         let name = ext.iter().take_while(|&&b| is_tchar(b)).count();
         if name == 0 {
             return Err(invalid());
         }
         ext = &ext[name..];
-        if ext.first() == Some(&b'=') {
-            ext = &ext[1..];
+        let after_bws = skip_bws(ext);
+        if after_bws.first() == Some(&b'=') {
+            ext = skip_bws(&after_bws[1..]);
             if ext.first() == Some(&b'"') {
                 let mut i = 1;
                 loop {
                     match ext.get(i) {
                         None => return Err(invalid()),
                         Some(b'"') => break,
-                        Some(b'\\') => {
-                            match ext.get(i + 1) {
-                                Some(&c) if c == b'\t' || (0x20..=0x7e).contains(&c) || c >= 0x80 => i += 2,
-                                _ => return Err(invalid()),
-                            }
+                        Some(b'\\') => match ext.get(i + 1) {
+                            Some(&c) if c == b'\t' || (0x20..=0x7e).contains(&c) || c >= 0x80 => i += 2,
+                            _ => return Err(invalid()),
+                        },
+                        Some(&c)
+                            if c == b'\t'
+                                || c == b' '
+                                || c == 0x21
+                                || (0x23..=0x5b).contains(&c)
+                                || (0x5d..=0x7e).contains(&c)
+                                || c >= 0x80 =>
+                        {
+                            i += 1
                         }
-                        Some(&c) if c == b'\t' || c == b' ' || c == 0x21 || (0x23..=0x5b).contains(&c)
-                            || (0x5d..=0x7e).contains(&c) || c >= 0x80 => i += 1,
                         Some(_) => return Err(invalid()),
                     }
                 }
@@ -422,6 +435,23 @@ mod tests {
             let (body, used) = decode_all(input, step).unwrap();
             assert_eq!(body, b"hello world");
             assert_eq!(&input[used..], b"NEXT");
+        }
+    }
+
+    #[test]
+    fn chunk_extensions_with_whitespace() {
+        for good in [
+            &b"5 ;a\r\nhello\r\n0\r\n\r\n"[..],
+            b"5; a\r\nhello\r\n0\r\n\r\n",
+            b"5\t;\ta = b\r\nhello\r\n0\r\n\r\n",
+            b"5;a= \"q\" ; b\r\nhello\r\n0 ; z\r\n\r\n",
+        ] {
+            let (body, _) =
+                decode_all(good, 1).unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(good)));
+            assert_eq!(body, b"hello");
+        }
+        for bad in [&b"5;a \r\nhello\r\n0\r\n\r\n"[..], b"5 \r\n", b"5 ; \r\n", b"5;a=\r\n", b"5;a b\r\n"] {
+            assert!(decode_all(bad, 1).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -3,8 +3,10 @@
 //! request head keeps. Built for tests and with the `fuzzing` feature only.
 
 use super::body::{BodyDecoder, Spool};
-use super::request::{parse_content_length, take_head, BodyFraming, HeadScanner, RequestHead};
-use super::{is_tchar, HttpError, Version};
+use super::request::{
+    parse_content_length, take_head, BodyFraming, HeadRules, HeadScanner, RequestHead, TargetForm,
+};
+use super::{is_tchar, HttpError, InBuf, Version};
 
 /// Cut points from a seed (a small xorshift): `count` offsets in `0..=len`, as read ends.
 pub fn seeded_ends(len: usize, count: usize, mut seed: u32) -> Vec<usize> {
@@ -35,16 +37,23 @@ pub fn read_ends(len: usize, cuts: &[usize]) -> Vec<usize> {
 /// ended first.
 pub type HeadOutcome = Option<Result<(usize, RequestHead), HttpError>>;
 
+/// The rules the harnesses parse with: RFC 9112's, except that a missing Host is
+/// accepted (so that random heads reach past it).
+pub fn rules(max_header: usize) -> HeadRules {
+    HeadRules { max_size: max_header, require_host: false }
+}
+
 /// Reads one head the way the connection does (through `take_head`), the bytes arriving
 /// in reads that end at `ends`.
 pub fn read_head(input: &[u8], ends: &[usize], max_header: usize) -> HeadOutcome {
     let mut scanner = HeadScanner::default();
-    let mut inbuf: Vec<u8> = Vec::new();
+    let mut inbuf = InBuf::new();
     let mut prev = 0;
+    let rules = rules(max_header);
     for &end in ends {
-        inbuf.extend_from_slice(&input[prev..end]);
+        inbuf.extend(&input[prev..end]);
         prev = end;
-        match take_head(&mut scanner, &mut inbuf, max_header) {
+        match take_head(&mut scanner, &mut inbuf, &rules) {
             Ok(Some(head)) => return Some(Ok((end - inbuf.len(), head))),
             Ok(None) => {}
             Err((e, _)) => return Some(Err(e)),
@@ -53,18 +62,37 @@ pub fn read_head(input: &[u8], ends: &[usize], max_header: usize) -> HeadOutcome
     None
 }
 
+/// A head's headers as owned pairs, for comparisons.
+pub fn header_list(h: &RequestHead) -> Vec<(Vec<u8>, Vec<u8>)> {
+    h.headers().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
 /// The invariants of any head `parse_head` accepts.
 pub fn check_accepted_head(h: &RequestHead) {
     assert!(!h.method.is_empty());
     assert!(h.method.bytes().all(|b| is_tchar(b) && !b.is_ascii_lowercase()), "{:?}", h.method);
-    assert!(!h.uri.is_empty() && h.uri.iter().all(|&b| b > 0x20 && b != 0x7f));
-    for (k, v) in &h.headers {
+    assert!(!h.uri.is_empty() && h.uri.iter().all(|&b| b > 0x20 && b < 0x7f), "{:?}", h.uri);
+    match h.form {
+        TargetForm::Origin => assert_eq!(h.uri[0], b'/'),
+        TargetForm::Asterisk => assert!(h.uri == b"*" && h.method == "OPTIONS"),
+        TargetForm::Authority => assert_eq!(h.method, "CONNECT"),
+        TargetForm::Absolute => assert!(h.uri.windows(3).any(|w| w == b"://")),
+    }
+    if h.method == "CONNECT" {
+        assert_eq!(h.form, TargetForm::Authority);
+    }
+    let hosts = h.headers().filter(|(k, _)| *k == b"HOST").count();
+    assert!(hosts <= 1);
+    if let Some(host) = h.header(b"HOST") {
+        assert!(super::request::valid_host(host), "{host:?}");
+    }
+    for (k, v) in h.headers() {
         assert!(!k.is_empty());
         assert!(k.iter().all(|&b| is_tchar(b) && b != b'-' && !b.is_ascii_lowercase()), "{k:?}");
         assert!(v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)), "{v:?}");
         // (Each line's value is stripped, but a repeat with an empty value still adds
         // ", ", as Waitress's joining does: "close, " is a possible value.)
-        assert_ne!(k.as_slice(), b"TRANSFER_ENCODING");
+        assert_ne!(k, b"TRANSFER_ENCODING");
     }
     let cl = h.header(b"CONTENT_LENGTH");
     match h.framing {
@@ -88,8 +116,13 @@ pub type BodyOutcome = Result<(Vec<u8>, Option<usize>), u16>;
 /// read leaves unconsumed is offered again with the next one), checking the `feed`
 /// contract on the way: never more consumed than offered, everything consumed unless the
 /// body ended, and nothing consumed once it has.
-pub fn feed_body(mut dec: BodyDecoder, input: &[u8], ends: &[usize], spool_limit: usize,
-             max_body: u64) -> BodyOutcome {
+pub fn feed_body(
+    mut dec: BodyDecoder,
+    input: &[u8],
+    ends: &[usize],
+    spool_limit: usize,
+    max_body: u64,
+) -> BodyOutcome {
     let mut spool = Spool::new(spool_limit);
     let mut pos = 0;
     let mut done_at = None;

@@ -6,11 +6,15 @@
 pub mod body;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod harness;
+pub mod inbuf;
+#[cfg(test)]
+mod proptests;
 pub mod request;
 pub mod response;
-#[cfg(test)] mod proptests;
 
 use std::fmt;
+
+pub use inbuf::InBuf;
 
 /// An error answered to the client with a status and a short explanation, after which the
 /// connection is closed. The reason phrases and the shape of the body follow Waitress.

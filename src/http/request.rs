@@ -1,11 +1,23 @@
 //! Request heads: finding where a head ends, parsing it with httparse, and the checks
-//! httparse leaves to the server (RFC 9112 framing rules, Waitress's header conventions).
+//! httparse leaves to the server (RFC 9112 framing, target and Host rules, Waitress's
+//! header conventions).
+//!
+//! Every step is linear in the size of the head: the end is scanned once however the
+//! bytes arrive, header lines are collected into one arena, and repeated names are found
+//! through a keyed hash once a head has more than a few distinct names, so that a head
+//! of tens of thousands of short lines costs what its bytes cost.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use super::{is_tchar, HttpError, Version};
 
-/// Header lines parsed into a stack array; a head with more is parsed again into one
-/// sized from its length, so the only limit is max_request_header_size (as in Waitress).
+/// Header lines parsed into a stack array; a head with more is parsed into one sized
+/// from its line count, so the only limit is max_request_header_size (as in Waitress).
 const STACK_HEADERS: usize = 64;
+
+/// Distinct header names looked up by a linear scan; past this, through a hash map.
+const LINEAR_NAMES: usize = 16;
 
 /// Where the scan for the end of a head stands; kept between reads so a head that arrives
 /// a byte at a time is scanned once, not once per byte.
@@ -48,10 +60,8 @@ impl HeadScanner {
                         return Ok(Scan::Complete(i + 1));
                     }
                 }
-                b'\r' => {
-                    if i + 1 < buf.len() && buf[i + 1] != b'\n' {
-                        return Err(HttpError::bad_request("Bare CR found in HTTP message"));
-                    }
+                b'\r' if i + 1 < buf.len() && buf[i + 1] != b'\n' => {
+                    return Err(HttpError::bad_request("Bare CR found in HTTP message"));
                 }
                 _ => {}
             }
@@ -70,31 +80,45 @@ fn too_large(max: usize) -> HttpError {
     HttpError::new(431, format!("exceeds max_header of {max}"))
 }
 
-/// Takes one request head off the front of `inbuf`, as bytes arrive: blank lines before
+/// What a head must satisfy beyond the syntax.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadRules {
+    pub max_size: usize,
+    /// RFC 9112 3.2: an HTTP/1.1 request without Host is refused (400). Off only through
+    /// the `allow_missing_host` adjustment, for clients written against Waitress's leniency.
+    pub require_host: bool,
+}
+
+impl HeadRules {
+    pub const fn new(max_size: usize) -> Self {
+        HeadRules { max_size, require_host: true }
+    }
+}
+
+/// Takes one request head off the front of `input`, as bytes arrive: blank lines before
 /// a request are dropped, the head is scanned from where the last call stopped, and a
-/// complete head is parsed and removed from the buffer. `Ok(None)`: more bytes needed.
-/// An error comes with the HTTP version its answer should use.
+/// complete head is parsed and consumed. `Ok(None)`: more bytes needed. An error comes
+/// with the HTTP version its answer should use.
 pub fn take_head(
     scanner: &mut HeadScanner,
-    inbuf: &mut Vec<u8>,
-    max_size: usize,
+    input: &mut super::InBuf,
+    rules: &HeadRules,
 ) -> Result<Option<RequestHead>, (HttpError, Version)> {
     if scanner.is_fresh() {
-        let skip = leading_blank_lines(inbuf);
-        if skip > 0 {
-            inbuf.drain(..skip);
-        }
+        let skip = leading_blank_lines(input.data());
+        input.consume(skip);
     }
-    if inbuf.is_empty() {
+    if input.is_empty() {
         return Ok(None);
     }
-    let end = match scanner.scan(inbuf, max_size) {
+    let end = match scanner.scan(input.data(), rules.max_size) {
         Ok(Scan::Complete(end)) => end,
         Ok(Scan::Partial) => return Ok(None),
         Err(e) => return Err((e, Version::Http10)),
     };
-    let head = parse_head(&inbuf[..end]).map_err(|e| (e, claimed_version(&inbuf[..end])))?;
-    inbuf.drain(..end);
+    let raw = &input.data()[..end];
+    let head = parse_head(raw, rules).map_err(|e| (e, claimed_version(raw)))?;
+    input.consume(end);
     Ok(Some(head))
 }
 
@@ -115,15 +139,44 @@ pub enum BodyFraming {
     Chunked,
 }
 
+/// The four forms of a request target (RFC 9112 3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetForm {
+    /// `/path?query`
+    Origin,
+    /// `scheme://authority/path?query`
+    Absolute,
+    /// `host:port`, CONNECT only
+    Authority,
+    /// `*`, OPTIONS only
+    Asterisk,
+}
+
+/// A range of a head's arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    name: Span,
+    value: Span,
+}
+
 /// A parsed and validated request head. Header names are kept in the CGI form Waitress
 /// uses (upper case, `-` turned into `_`), values as the raw bytes with surrounding
-/// whitespace stripped; repeated headers are joined with ", ".
+/// whitespace stripped; repeated headers are joined with ", " in the place of the first.
+/// Names and values live in one arena: a head is two allocations, however many lines.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
     pub method: String,
     pub uri: Vec<u8>,
     pub version: Version,
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub form: TargetForm,
+    arena: Vec<u8>,
+    fields: Vec<Field>,
     pub framing: BodyFraming,
     /// The client asked to keep the connection open (HTTP/1.1 default, 1.0 keep-alive).
     pub keep_alive: bool,
@@ -133,26 +186,36 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
-    pub fn header(&self, cgi_name: &[u8]) -> Option<&[u8]> {
-        self.headers.iter().find(|(k, _)| k == cgi_name).map(|(_, v)| v.as_slice())
+    fn bytes(&self, s: Span) -> &[u8] {
+        &self.arena[s.start as usize..s.end as usize]
     }
+
+    /// The headers in order of first appearance: (CGI name, value).
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_ {
+        self.fields.iter().map(|f| (self.bytes(f.name), self.bytes(f.value)))
+    }
+
+    pub fn header(&self, cgi_name: &[u8]) -> Option<&[u8]> {
+        self.headers().find(|(k, _)| *k == cgi_name).map(|(_, v)| v)
+    }
+
     pub fn is_head(&self) -> bool {
         self.method == "HEAD"
     }
 }
 
 /// Parses one complete head (`buf` ends with CRLF CRLF).
-pub fn parse_head(buf: &[u8]) -> Result<RequestHead, HttpError> {
-    let mut raw = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    match parse_into(buf, &mut raw) {
+pub fn parse_head(buf: &[u8], rules: &HeadRules) -> Result<RequestHead, HttpError> {
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    match parse_into(buf, &mut stack, rules) {
         Err(None) => {
-            // Every header line takes at least three bytes ("a:" and its line end).
-            let mut many = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
-            parse_into(buf, &mut many).map_err(|e| {
-                e.unwrap_or_else(|| HttpError::bad_request("HTTP message header invalid"))
-            })
+            // Every header line ends with a line feed: that many slots are enough.
+            let lines = buf.iter().filter(|&&b| b == b'\n').count();
+            let mut many = vec![httparse::EMPTY_HEADER; lines];
+            parse_into(buf, &mut many, rules)
+                .map_err(|e| e.unwrap_or_else(|| HttpError::bad_request("HTTP message header invalid")))
         }
-        other => other.map_err(Option::unwrap),
+        other => other.map_err(|e| e.expect("only a full header array gives None")),
     }
 }
 
@@ -168,9 +231,11 @@ pub fn claimed_version(buf: &[u8]) -> Version {
 }
 
 /// Parses with the given header array; `Err(None)` means the array was too small.
-fn parse_into<'h, 'b>(buf: &'b [u8], raw: &'h mut [httparse::Header<'b>])
-    -> Result<RequestHead, Option<HttpError>>
-{
+fn parse_into<'b>(
+    buf: &'b [u8],
+    raw: &mut [httparse::Header<'b>],
+    rules: &HeadRules,
+) -> Result<RequestHead, Option<HttpError>> {
     let mut req = httparse::Request::new(raw);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
@@ -179,20 +244,136 @@ fn parse_into<'h, 'b>(buf: &'b [u8], raw: &'h mut [httparse::Header<'b>])
         }
         Err(httparse::Error::TooManyHeaders) => return Err(None),
         Err(httparse::Error::Version) => return Err(Some(version_error(buf))),
+        Err(httparse::Error::Token) if start_line_has_non_ascii(buf) => return Err(Some(non_ascii_target())),
         Err(e) => return Err(Some(HttpError::bad_request(describe(e)))),
     }
-    build(req).map_err(Some)
+    build(req, rules).map_err(Some)
 }
 
-fn build(req: httparse::Request<'_, '_>) -> Result<RequestHead, HttpError> {
+fn non_ascii_target() -> HttpError {
+    HttpError::bad_request("Request target contains non-ASCII bytes")
+}
+
+/// httparse refuses a target that is not UTF-8 as a bad token; a start line with any
+/// byte past ASCII gets the clearer message.
+fn start_line_has_non_ascii(buf: &[u8]) -> bool {
+    let line_end = buf.iter().position(|&b| b == b'\r').unwrap_or(buf.len());
+    !buf[..line_end].is_ascii()
+}
+
+/// A case-insensitive view of a raw header name, for the hash index of repeated names
+/// (two names give the same CGI name exactly when they are equal ignoring ASCII case,
+/// since names with `_` are dropped).
+#[derive(Clone, Copy)]
+struct NoCase<'a>(&'a [u8]);
+
+impl PartialEq for NoCase<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_ignore_ascii_case(other.0)
+    }
+}
+impl Eq for NoCase<'_> {}
+impl Hash for NoCase<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_usize(self.0.len());
+        for &b in self.0 {
+            state.write_u8(b.to_ascii_lowercase());
+        }
+    }
+}
+
+/// One header line kept for the head: its name as sent, its stripped value, and the
+/// index of the distinct name it belongs to.
+struct Line<'b> {
+    value: &'b [u8],
+    group: u32,
+}
+
+/// Collects header lines into distinct names in order of first appearance, in time
+/// linear in the number of lines: a scan while there are few names, then a map keyed
+/// with a per-process random key (so that crafted names cannot make it quadratic).
+struct Groups<'b> {
+    names: Vec<&'b [u8]>,
+    /// Lines per group, counted to size the arena exactly.
+    counts: Vec<u32>,
+    index: Option<HashMap<NoCase<'b>, u32>>,
+    /// Lookups and inserts made, for the linearity test.
+    #[cfg(test)]
+    probes: usize,
+}
+
+impl<'b> Groups<'b> {
+    fn new() -> Self {
+        Groups {
+            names: Vec::new(),
+            counts: Vec::new(),
+            index: None,
+            #[cfg(test)]
+            probes: 0,
+        }
+    }
+
+    fn group_of(&mut self, name: &'b [u8]) -> u32 {
+        if let Some(index) = &mut self.index {
+            #[cfg(test)]
+            {
+                self.probes += 1;
+            }
+            let next = self.names.len() as u32;
+            let g = *index.entry(NoCase(name)).or_insert(next);
+            if g == next {
+                self.names.push(name);
+                self.counts.push(0);
+            }
+            self.counts[g as usize] += 1;
+            return g;
+        }
+        for (g, known) in self.names.iter().enumerate() {
+            #[cfg(test)]
+            {
+                self.probes += 1;
+            }
+            if known.eq_ignore_ascii_case(name) {
+                self.counts[g] += 1;
+                return g as u32;
+            }
+        }
+        let g = self.names.len() as u32;
+        self.names.push(name);
+        self.counts.push(1);
+        if self.names.len() > LINEAR_NAMES {
+            let hasher = std::collections::hash_map::RandomState::new();
+            let mut index = HashMap::with_capacity_and_hasher(self.names.len() * 2, hasher);
+            for (i, n) in self.names.iter().enumerate() {
+                index.insert(NoCase(n), i as u32);
+            }
+            self.index = Some(index);
+        }
+        g
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Probes made by the last head built on this thread (see the linearity test).
+    static LAST_PROBES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHead, HttpError> {
     let method = req.method.unwrap_or_default();
     if method.bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(HttpError::bad_request(format!("Malformed HTTP method \"{method}\"")));
     }
-    let uri = req.path.unwrap_or_default().as_bytes().to_vec();
+    let target = req.path.unwrap_or_default().as_bytes();
+    if !target.is_ascii() {
+        return Err(non_ascii_target());
+    }
+    let form = target_form(method, target)?;
     let version = if req.version == Some(0) { Version::Http10 } else { Version::Http11 };
 
-    let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(req.headers.len());
+    let mut groups = Groups::new();
+    let mut lines: Vec<Line<'_>> = Vec::with_capacity(req.headers.len());
+    let mut hosts = 0usize;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim_ows(h.value);
@@ -207,34 +388,97 @@ fn build(req: httparse::Request<'_, '_>) -> Result<RequestHead, HttpError> {
         if name.contains(&b'_') {
             continue;
         }
-        let cgi: Vec<u8> =
-            name.iter().map(|&b| if b == b'-' { b'_' } else { b.to_ascii_uppercase() }).collect();
-        if let Some((_, existing)) = headers.iter_mut().find(|(k, _)| *k == cgi) {
-            existing.extend_from_slice(b", ");
-            existing.extend_from_slice(value);
-        } else {
-            headers.push((cgi, value.to_vec()));
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if hosts > 1 {
+                return Err(HttpError::bad_request("Host header is repeated"));
+            }
+            if !valid_host(value) {
+                return Err(HttpError::bad_request("Host header is invalid"));
+            }
         }
+        let group = groups.group_of(name);
+        lines.push(Line { value, group });
+    }
+    #[cfg(test)]
+    LAST_PROBES.with(|p| p.set(groups.probes));
+    if hosts == 0 && version == Version::Http11 && rules.require_host {
+        return Err(HttpError::bad_request("Host header is missing"));
     }
 
-    let find = |n: &[u8]| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_slice());
-    let connection = find(b"CONNECTION").unwrap_or(b"");
+    // Lay the fields out in the arena: each name, then its values joined, in the order
+    // names first appeared. Each group's values are written into a slot sized from the
+    // lengths, filled as the lines are visited once in order.
+    let mut value_len = vec![0usize; groups.names.len()];
+    for line in &lines {
+        value_len[line.group as usize] += line.value.len();
+    }
+    let mut arena_len = 0usize;
+    for (g, name) in groups.names.iter().enumerate() {
+        let joins = groups.counts[g].saturating_sub(1) as usize;
+        arena_len += name.len() + value_len[g] + 2 * joins;
+    }
+    if arena_len > u32::MAX as usize {
+        return Err(HttpError::new(431, "request head too large"));
+    }
+    let mut arena = vec![0u8; arena_len];
+    let mut fields: Vec<Field> = Vec::with_capacity(groups.names.len());
+    let mut cursor: Vec<usize> = Vec::with_capacity(groups.names.len());
+    let mut pos = 0usize;
+    for (g, name) in groups.names.iter().enumerate() {
+        for (dst, &b) in arena[pos..pos + name.len()].iter_mut().zip(name.iter()) {
+            *dst = if b == b'-' { b'_' } else { b.to_ascii_uppercase() };
+        }
+        let name_span = Span { start: pos as u32, end: (pos + name.len()) as u32 };
+        pos += name.len();
+        let joins = groups.counts[g].saturating_sub(1) as usize;
+        let end = pos + value_len[g] + 2 * joins;
+        fields.push(Field { name: name_span, value: Span { start: pos as u32, end: end as u32 } });
+        cursor.push(pos);
+        pos = end;
+    }
+    let mut started = vec![false; groups.names.len()];
+    for line in &lines {
+        let g = line.group as usize;
+        if started[g] {
+            let at = cursor[g];
+            arena[at..at + 2].copy_from_slice(b", ");
+            cursor[g] = at + 2;
+        }
+        started[g] = true;
+        let at = cursor[g];
+        arena[at..at + line.value.len()].copy_from_slice(line.value);
+        cursor[g] = at + line.value.len();
+    }
+
+    let mut head = RequestHead {
+        method: method.to_string(),
+        uri: target.to_vec(),
+        version,
+        form,
+        arena,
+        fields,
+        framing: BodyFraming::None,
+        keep_alive: false,
+        asked_keep_alive: false,
+        expect_continue: false,
+    };
+    let connection = head.header(b"CONNECTION").unwrap_or(b"");
     let asked_close = has_token(connection, b"close");
-    let asked_keep_alive = has_token(connection, b"keep-alive");
-    let keep_alive = match version {
-        Version::Http10 => asked_keep_alive && !asked_close,
+    head.asked_keep_alive = has_token(connection, b"keep-alive");
+    head.keep_alive = match version {
+        Version::Http10 => head.asked_keep_alive && !asked_close,
         Version::Http11 => !asked_close,
     };
-    let expect_continue = version == Version::Http11
-        && find(b"EXPECT").map_or(false, |v| v.eq_ignore_ascii_case(b"100-continue"));
+    head.expect_continue = version == Version::Http11
+        && head.header(b"EXPECT").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
 
-    let te = find(b"TRANSFER_ENCODING");
-    let cl = find(b"CONTENT_LENGTH");
+    let te = head.header(b"TRANSFER_ENCODING");
+    let cl = head.header(b"CONTENT_LENGTH");
+    let has_te = te.is_some();
     let framing = match (te, cl) {
         (Some(_), Some(_)) => {
-            return Err(HttpError::bad_request(
-                "Content-Length and Transfer-Encoding are mutually exclusive",
-            ))
+            return Err(HttpError::bad_request("Content-Length and Transfer-Encoding are mutually exclusive"))
         }
         (Some(_), None) if version == Version::Http10 => {
             return Err(HttpError::bad_request("Transfer-Encoding is not allowed in HTTP/1.0"))
@@ -243,19 +487,112 @@ fn build(req: httparse::Request<'_, '_>) -> Result<RequestHead, HttpError> {
         (None, Some(cl)) => BodyFraming::Length(parse_content_length(cl)?),
         (None, None) => BodyFraming::None,
     };
+    head.framing = framing;
     // The body is handed to the application de-chunked, so the header no longer applies.
-    headers.retain(|(k, _)| k != b"TRANSFER_ENCODING");
+    if has_te {
+        let arena = &head.arena;
+        head.fields.retain(|f| &arena[f.name.start as usize..f.name.end as usize] != b"TRANSFER_ENCODING");
+    }
+    Ok(head)
+}
 
-    Ok(RequestHead {
-        method: method.to_string(),
-        uri,
-        version,
-        headers,
-        framing,
-        keep_alive,
-        asked_keep_alive,
-        expect_continue,
-    })
+/// Which form a request target has, and whether the method allows it: `*` only with
+/// OPTIONS, an authority only with CONNECT (and CONNECT only with one), an origin-form
+/// target starting with `/`, an absolute-form one with a scheme and `://`.
+fn target_form(method: &str, target: &[u8]) -> Result<TargetForm, HttpError> {
+    let bad = || HttpError::bad_request("Request target is invalid");
+    if method == "CONNECT" {
+        return if valid_authority(target) { Ok(TargetForm::Authority) } else { Err(bad()) };
+    }
+    if target.first() == Some(&b'/') {
+        return Ok(TargetForm::Origin);
+    }
+    if target == b"*" {
+        return if method == "OPTIONS" {
+            Ok(TargetForm::Asterisk)
+        } else {
+            Err(HttpError::bad_request("Request target * is only allowed with OPTIONS"))
+        };
+    }
+    if let Some(sep) = find_sub(target, b"://") {
+        let scheme = &target[..sep];
+        if !scheme.is_empty()
+            && scheme[0].is_ascii_alphabetic()
+            && scheme.iter().all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        {
+            return Ok(TargetForm::Absolute);
+        }
+    }
+    if valid_authority(target) {
+        return Err(HttpError::bad_request("Request target in authority form is only allowed with CONNECT"));
+    }
+    Err(bad())
+}
+
+/// `host:port` with a non-empty host and port (the CONNECT target).
+fn valid_authority(target: &[u8]) -> bool {
+    match split_host_port(target) {
+        Some((host, Some(port))) => !host.is_empty() && !port.is_empty(),
+        _ => false,
+    }
+}
+
+/// RFC 3986 `unreserved / sub-delims` (plus `%`, checked as pct-encoded by the caller).
+fn is_reg_name_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
+}
+
+/// Splits `host[:port]`; `None` when the host part is malformed. A bracketed IP literal
+/// may hold colons.
+fn split_host_port(v: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let (host, rest) = if v.first() == Some(&b'[') {
+        let close = v.iter().position(|&b| b == b']')?;
+        let inner = &v[1..close];
+        let ok = !inner.is_empty()
+            && inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.' || is_reg_name_char(b));
+        if !ok {
+            return None;
+        }
+        (&v[..=close], &v[close + 1..])
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(c) => (&v[..c], &v[c..]),
+            None => (v, &b""[..]),
+        }
+    };
+    let port = match rest {
+        [] => None,
+        [b':', port @ ..] => {
+            if !port.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            Some(port)
+        }
+        _ => return None,
+    };
+    if host.first() != Some(&b'[') {
+        let mut i = 0;
+        while i < host.len() {
+            match host[i] {
+                b'%' => {
+                    let ok = host.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                        && host.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+                    if !ok {
+                        return None;
+                    }
+                    i += 3;
+                }
+                b if is_reg_name_char(b) => i += 1,
+                _ => return None,
+            }
+        }
+    }
+    Some((host, port))
+}
+
+/// A Host value: empty (a target without authority) or `uri-host [":" port]`.
+pub fn valid_host(v: &[u8]) -> bool {
+    v.is_empty() || split_host_port(v).is_some()
 }
 
 fn version_error(buf: &[u8]) -> HttpError {
@@ -265,7 +602,10 @@ fn version_error(buf: &[u8]) -> HttpError {
     // version this server does not speak; anything else is a malformed line.
     let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
     let v = if parts.len() == 3 && parts.iter().all(|p| !p.is_empty()) { parts[2] } else { b"" };
-    if v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.'
+    if v.len() == 8
+        && v.starts_with(b"HTTP/")
+        && v[5].is_ascii_digit()
+        && v[6] == b'.'
         && v[7].is_ascii_digit()
     {
         HttpError::new(505, format!("{} is not supported", String::from_utf8_lossy(v)))
@@ -300,23 +640,21 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
 /// Only `chunked`, once and last, is a transfer coding this server decodes: anything else
 /// is 501 (as Waitress answers), and an empty or malformed list is 400.
 fn transfer_coding(te: &[u8]) -> Result<BodyFraming, HttpError> {
-    let codings: Vec<&[u8]> =
-        te.split(|&b| b == b',').map(trim_ows).filter(|c| !c.is_empty()).collect();
-    if codings.is_empty() {
-        return Err(HttpError::bad_request("Transfer-Encoding is empty"));
-    }
-    for c in &codings {
+    let mut count = 0usize;
+    for c in te.split(|&b| b == b',').map(trim_ows).filter(|c| !c.is_empty()) {
         if !c.iter().all(|&b| is_tchar(b)) {
             return Err(HttpError::bad_request("Transfer-Encoding is invalid"));
         }
         if !c.eq_ignore_ascii_case(b"chunked") {
             return Err(HttpError::new(501, "Transfer-Encoding requested is not supported."));
         }
+        count += 1;
     }
-    if codings.len() > 1 {
-        return Err(HttpError::bad_request("chunked is applied more than once"));
+    match count {
+        0 => Err(HttpError::bad_request("Transfer-Encoding is empty")),
+        1 => Ok(BodyFraming::Chunked),
+        _ => Err(HttpError::bad_request("chunked is applied more than once")),
     }
-    Ok(BodyFraming::Chunked)
 }
 
 /// Content-Length is 1*DIGIT and nothing else: no sign, no spaces, no list (a repeated
@@ -406,8 +744,14 @@ fn hex(b: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
+    const RULES: HeadRules = HeadRules::new(1 << 20);
+
     fn head(s: &str) -> Result<RequestHead, HttpError> {
-        parse_head(s.as_bytes())
+        parse_head(s.as_bytes(), &RULES)
+    }
+
+    fn lenient(s: &str) -> Result<RequestHead, HttpError> {
+        parse_head(s.as_bytes(), &HeadRules { require_host: false, ..RULES })
     }
 
     #[test]
@@ -453,55 +797,67 @@ mod tests {
         assert_eq!(h.method, "GET");
         assert_eq!(h.uri, b"/a%20b?x=1");
         assert_eq!(h.version, Version::Http11);
+        assert_eq!(h.form, TargetForm::Origin);
         assert_eq!(h.header(b"X_A"), Some(&b"1, 2"[..]));
         assert_eq!(h.header(b"HOST"), Some(&b"example"[..]));
         assert!(h.keep_alive);
         assert_eq!(h.framing, BodyFraming::None);
+        let names: Vec<&[u8]> = h.headers().map(|(k, _)| k).collect();
+        assert_eq!(names, [&b"HOST"[..], b"X_A"]);
+    }
+
+    #[test]
+    fn repeats_join_in_place_of_the_first() {
+        let h = head("GET / HTTP/1.1\r\nA: 1\r\nHost: h\r\nB:\r\na: 2\r\nb: x\r\nA:  3 \r\n\r\n").unwrap();
+        let all: Vec<(&[u8], &[u8])> = h.headers().collect();
+        assert_eq!(all, [(&b"A"[..], &b"1, 2, 3"[..]), (b"HOST", b"h"), (b"B", b", x")]);
     }
 
     #[test]
     fn keep_alive_rules() {
         assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
         assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().keep_alive);
-        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().keep_alive);
-        assert!(!head("GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n").unwrap().keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").unwrap().keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: h\r\nConnection: foo, Close\r\n\r\n").unwrap().keep_alive);
     }
 
     #[test]
     fn underscore_headers_are_dropped() {
-        let h = head("GET / HTTP/1.1\r\nX_Auth: evil\r\nX-Auth: good\r\n\r\n").unwrap();
+        let h = head("GET / HTTP/1.1\r\nHost: h\r\nX_Auth: evil\r\nX-Auth: good\r\n\r\n").unwrap();
         assert_eq!(h.header(b"X_AUTH"), Some(&b"good"[..]));
     }
 
     #[test]
     fn content_length_rules() {
-        assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").unwrap().framing,
-                   BodyFraming::Length(12));
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n").unwrap().framing,
+            BodyFraming::Length(12)
+        );
         for bad in ["+12", "-1", "1 2", "0x10", "", "12, 12", "99999999999999999999999"] {
-            let r = head(&format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n"));
+            let r = head(&format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {bad}\r\n\r\n"));
             assert_eq!(r.unwrap_err().code, 400, "{bad:?}");
         }
-        let dup = head("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n");
+        let dup = head("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n");
         assert_eq!(dup.unwrap_err().code, 400);
     }
 
     #[test]
     fn transfer_encoding_rules() {
-        let h = head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        let te = |v: &str| head(&format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: {v}\r\n\r\n"));
+        let h = te("chunked").unwrap();
         assert_eq!(h.framing, BodyFraming::Chunked);
         assert!(h.header(b"TRANSFER_ENCODING").is_none());
-        assert_eq!(head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
-            .unwrap_err().code, 501);
-        assert_eq!(head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n")
-            .unwrap_err().code, 501);
-        assert_eq!(head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n")
-            .unwrap_err().code, 400);
-        assert_eq!(head("POST / HTTP/1.1\r\nTransfer-Encoding: \"chunked\"\r\n\r\n")
-            .unwrap_err().code, 400);
-        assert_eq!(head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
-            .unwrap_err().code, 400);
-        assert_eq!(head("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .unwrap_err().code, 400);
+        assert_eq!(te("gzip, chunked").unwrap_err().code, 501);
+        assert_eq!(te("chunked, identity").unwrap_err().code, 501);
+        assert_eq!(te("chunked, chunked").unwrap_err().code, 400);
+        assert_eq!(te("\"chunked\"").unwrap_err().code, 400);
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(head("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err().code, 400);
     }
 
     #[test]
@@ -516,9 +872,96 @@ mod tests {
     }
 
     #[test]
+    fn host_rules() {
+        let e = head("GET / HTTP/1.1\r\n\r\n").unwrap_err();
+        assert_eq!((e.code, e.detail.as_str()), (400, "Host header is missing"));
+        assert!(lenient("GET / HTTP/1.1\r\n\r\n").is_ok());
+        assert!(head("GET / HTTP/1.0\r\n\r\n").is_ok(), "HTTP/1.0 needs no Host");
+        let e = head("GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n").unwrap_err();
+        assert_eq!((e.code, e.detail.as_str()), (400, "Host header is repeated"));
+        let e = lenient("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err();
+        assert_eq!(e.code, 400, "two Host lines are refused in any version");
+        for good in [
+            "",
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:80",
+            "xn--bcher-kva.example",
+            "a_b.example",
+            "%41b",
+            "h:",
+        ] {
+            assert!(head(&format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n")).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "a b", "a/b", "a@b", "a:b", "a:80:81", "[::1", "[]", "::1", "a%4", "a%zz", "[::1]x", "a\"b",
+            "a?b", "a#b",
+        ] {
+            let e = head(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")).unwrap_err();
+            assert_eq!((e.code, e.detail.as_str()), (400, "Host header is invalid"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn target_forms() {
+        let h = |s: &str| lenient(s).map(|h| h.form).map_err(|e| e.code);
+        assert_eq!(h("GET /x HTTP/1.1\r\n\r\n"), Ok(TargetForm::Origin));
+        assert_eq!(h("GET http://h/x HTTP/1.1\r\n\r\n"), Ok(TargetForm::Absolute));
+        assert_eq!(h("OPTIONS * HTTP/1.1\r\n\r\n"), Ok(TargetForm::Asterisk));
+        assert_eq!(h("GET * HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(h("CONNECT example.com:443 HTTP/1.1\r\n\r\n"), Ok(TargetForm::Authority));
+        assert_eq!(h("CONNECT /x HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(h("CONNECT example.com HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(h("GET example.com:443 HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(h("GET x HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(h("GET ?q HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(h("GET 1http://h/ HTTP/1.1\r\n\r\n"), Err(400));
+    }
+
+    #[test]
+    fn non_ascii_targets_are_refused() {
+        for raw in
+            [&b"GET /\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n"[..], b"GET /\xff HTTP/1.1\r\nHost: h\r\n\r\n"]
+        {
+            let e = parse_head(raw, &RULES).unwrap_err();
+            assert_eq!((e.code, e.detail.as_str()), (400, "Request target contains non-ASCII bytes"));
+        }
+        assert!(head("GET /%C3%A9 HTTP/1.1\r\nHost: h\r\n\r\n").is_ok());
+    }
+
+    #[test]
     fn expect_continue_only_in_11() {
-        assert!(head("POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").unwrap().expect_continue);
+        assert!(head("POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n").unwrap().expect_continue);
         assert!(!head("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").unwrap().expect_continue);
+    }
+
+    /// A head of many short lines is linear: the name lookups grow with the line count,
+    /// not with its square (a scan over every earlier name would make 65,000 lines cost
+    /// about two billion probes; the bound below allows a small constant per line).
+    #[test]
+    fn many_header_lines_are_linear() {
+        for (distinct, lines) in [(true, 60_000usize), (false, 60_000), (true, 15_000), (false, 4)] {
+            let mut raw = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
+            for i in 0..lines {
+                if distinct {
+                    raw.extend_from_slice(format!("a{i:x}:b\r\n").as_bytes());
+                } else {
+                    raw.extend_from_slice(b"a:b\r\n");
+                }
+            }
+            raw.extend_from_slice(b"\r\n");
+            let h = parse_head(&raw, &HeadRules::new(1 << 22)).unwrap();
+            let probes = LAST_PROBES.with(|p| p.get());
+            assert!(probes <= (lines + 1) * (LINEAR_NAMES + 1), "{lines} lines: {probes} probes");
+            if distinct {
+                assert_eq!(h.headers().len(), lines + 1);
+            } else {
+                let joined = h.header(b"A").unwrap();
+                assert_eq!(joined.len(), lines * 3 - 2);
+            }
+        }
     }
 
     #[test]

@@ -11,8 +11,14 @@ use super::{HttpError, Version};
 /// Hop-by-hop headers an application may not set (PEP 3333).
 pub fn is_hop_by_hop(name: &str) -> bool {
     const HOP: [&str; 8] = [
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-        "trailers", "transfer-encoding", "upgrade",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
     ];
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
@@ -218,9 +224,12 @@ mod tests {
         (String::from_utf8(out).unwrap(), f)
     }
 
-    const V11: RequestSide = RequestSide { version: Version::Http11, keep_alive: true, asked_keep_alive: false };
-    const V10: RequestSide = RequestSide { version: Version::Http10, keep_alive: false, asked_keep_alive: false };
-    const V10KA: RequestSide = RequestSide { version: Version::Http10, keep_alive: true, asked_keep_alive: true };
+    const V11: RequestSide =
+        RequestSide { version: Version::Http11, keep_alive: true, asked_keep_alive: false };
+    const V10: RequestSide =
+        RequestSide { version: Version::Http10, keep_alive: false, asked_keep_alive: false };
+    const V10KA: RequestSide =
+        RequestSide { version: Version::Http10, keep_alive: true, asked_keep_alive: true };
 
     #[test]
     fn content_length_keeps_alive_in_11() {
@@ -277,7 +286,12 @@ mod tests {
 
     #[test]
     fn headers_sorted_stably() {
-        let (h, _) = head(V11, "200 OK", &[("X-B", "1"), ("Set-Cookie", "a"), ("X-A", "2"), ("set-cookie", "b"), ("Content-Length", "0")], None);
+        let (h, _) = head(
+            V11,
+            "200 OK",
+            &[("X-B", "1"), ("Set-Cookie", "a"), ("X-A", "2"), ("set-cookie", "b"), ("Content-Length", "0")],
+            None,
+        );
         let a = h.find("Set-Cookie: a").unwrap();
         let b = h.find("Set-Cookie: b").unwrap();
         let xa = h.find("X-A").unwrap();

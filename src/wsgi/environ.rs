@@ -14,7 +14,7 @@ use crate::wsgi::input::InputStream;
 /// `waitress.client_disconnected` / `rswaitress.client_disconnected`: tells a long-running
 /// application whether its client has gone. It can only know when the server reads ahead
 /// while the request is served (channel_request_lookahead > 0) or a write has failed.
-#[pyclass(module = "rswaitress._core", name = "ClientDisconnectedCheck")]
+#[pyclass(module = "rswaitress._core", name = "ClientDisconnectedCheck", frozen)]
 pub struct DisconnectCheck {
     conn: std::sync::Arc<Conn>,
 }
@@ -23,7 +23,7 @@ pub struct DisconnectCheck {
 impl DisconnectCheck {
     fn __call__(&self) -> bool {
         let st = self.conn.st.lock();
-        st.closed || st.eof
+        st.is_closed() || st.peer_closed
     }
 }
 
@@ -77,8 +77,12 @@ impl EnvConsts {
 
 /// Headers only a trusted proxy may set (CGI names).
 const PROXY_HEADERS: [&[u8]; 6] = [
-    b"X_FORWARDED_FOR", b"X_FORWARDED_HOST", b"X_FORWARDED_PROTO", b"X_FORWARDED_PORT",
-    b"X_FORWARDED_BY", b"FORWARDED",
+    b"X_FORWARDED_FOR",
+    b"X_FORWARDED_HOST",
+    b"X_FORWARDED_PROTO",
+    b"X_FORWARDED_PORT",
+    b"X_FORWARDED_BY",
+    b"FORWARDED",
 ];
 
 /// A Python str from latin-1 bytes (every byte is one code point, as PEP 3333 wants).
@@ -138,21 +142,24 @@ pub fn build<'py>(
     env.set_item(intern!(py, "REMOTE_PORT"), PyString::new(py, &conn.remote_port))?;
     env.set_item(intern!(py, "REQUEST_METHOD"), PyString::new(py, &head.method))?;
     env.set_item(intern!(py, "SERVER_PORT"), PyString::new(py, &conn.listener.server_port))?;
-    env.set_item(intern!(py, "SERVER_PROTOCOL"), match head.version {
-        crate::http::Version::Http10 => intern!(py, "HTTP/1.0"),
-        crate::http::Version::Http11 => intern!(py, "HTTP/1.1"),
-    })?;
+    env.set_item(
+        intern!(py, "SERVER_PROTOCOL"),
+        match head.version {
+            crate::http::Version::Http10 => intern!(py, "HTTP/1.0"),
+            crate::http::Version::Http11 => intern!(py, "HTTP/1.1"),
+        },
+    )?;
     env.set_item(intern!(py, "PATH_INFO"), latin1(py, &path)?)?;
     env.set_item(intern!(py, "REQUEST_URI"), latin1(py, &head.uri)?)?;
     env.set_item(intern!(py, "QUERY_STRING"), latin1(py, target.query)?)?;
     env.set_item(intern!(py, "wsgi.errors"), consts.sys.bind(py).getattr(intern!(py, "stderr"))?)?;
 
     let mut key = Vec::with_capacity(64);
-    for (name, value) in &head.headers {
-        if consts.drop_proxy_headers && PROXY_HEADERS.contains(&name.as_slice()) {
+    for (name, value) in head.headers() {
+        if consts.drop_proxy_headers && PROXY_HEADERS.contains(&name) {
             continue;
         }
-        let pykey = match name.as_slice() {
+        let pykey = match name {
             b"CONTENT_TYPE" => intern!(py, "CONTENT_TYPE").clone(),
             b"CONTENT_LENGTH" => intern!(py, "CONTENT_LENGTH").clone(),
             b"HOST" => intern!(py, "HTTP_HOST").clone(),

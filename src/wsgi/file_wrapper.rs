@@ -4,7 +4,7 @@
 
 use pyo3::prelude::*;
 
-#[pyclass(module = "rswaitress._core", name = "FileWrapper")]
+#[pyclass(module = "rswaitress._core", name = "FileWrapper", frozen)]
 pub struct FileWrapper {
     #[pyo3(get)]
     pub filelike: PyObject,

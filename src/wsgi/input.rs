@@ -1,26 +1,27 @@
 //! `wsgi.input`: the request body, already complete, read from memory or its spill file.
+//!
+//! The object is frozen and keeps its position behind a lock (two threads reading it
+//! get each byte once, never a crash). A body that spilled to a temporary file is read
+//! with the GIL released: the bytes object being filled is not visible to Python yet.
 
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 use crate::http::body::Spool;
+use crate::wsgi::start_response::lock_py;
 
 /// Size of the pieces a file-backed body is scanned in by readline().
 const SCAN: usize = 8192;
 
-#[pyclass(module = "rswaitress._core", name = "InputStream")]
-pub struct InputStream {
-    body: Spool,
+struct Body {
+    spool: Spool,
     pos: u64,
 }
 
-impl InputStream {
-    pub fn new(body: Spool) -> Self {
-        InputStream { body, pos: 0 }
-    }
-
+impl Body {
     fn remaining(&self) -> u64 {
-        self.body.len() - self.pos
+        self.spool.len() - self.pos
     }
 
     fn limit(&self, size: Option<i64>) -> usize {
@@ -30,53 +31,33 @@ impl InputStream {
         }
     }
 
-    fn take<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
+    /// Fills `buf` from the current position of a file-backed body; false if the spill
+    /// file turned out shorter than recorded.
+    fn fill_from_file(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         let start = self.pos;
-        if !self.body.is_file() {
-            let s = start as usize;
-            let out = PyBytes::new(py, &self.body.memory()[s..s + n]);
-            self.pos += n as u64;
-            return Ok(out);
-        }
-        // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object whose n
-        // bytes are ours to fill before anyone else sees it (or NULL with an exception).
-        // Filling it from the spool without zeroing it first saves a pass over the body.
-        let out: Bound<'py, PyBytes> = unsafe {
-            let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as pyo3::ffi::Py_ssize_t);
-            Bound::from_owned_ptr_or_err(py, ptr)?.downcast_into_unchecked()
-        };
-        let buf = unsafe {
-            std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(out.as_ptr()) as *mut u8, n)
-        };
         let mut got = 0;
-        while got < n {
-            let r = self.body.read_at(start + got as u64, &mut buf[got..])?;
+        while got < buf.len() {
+            let r = self.spool.read_at(start + got as u64, &mut buf[got..])?;
             if r == 0 {
-                break;
+                return Ok(false);
             }
             got += r;
         }
-        if got < n {
-            // The spill file was shorter than recorded: never hand out unfilled bytes.
-            buf[got..].fill(0);
-            return Err(pyo3::exceptions::PyIOError::new_err("request body spool was truncated"));
-        }
-        self.pos += n as u64;
-        Ok(out)
+        Ok(true)
     }
 
     /// Length of the next line (through its `\n`), at most `limit` bytes.
-    fn line_len(&mut self, limit: usize) -> PyResult<usize> {
-        if !self.body.is_file() {
+    fn line_len(&mut self, limit: usize) -> std::io::Result<usize> {
+        if !self.spool.is_file() {
             let s = self.pos as usize;
-            let hay = &self.body.memory()[s..s + limit];
+            let hay = &self.spool.memory()[s..s + limit];
             return Ok(hay.iter().position(|&b| b == b'\n').map_or(limit, |i| i + 1));
         }
         let mut buf = [0u8; SCAN];
         let mut scanned = 0usize;
         while scanned < limit {
             let want = SCAN.min(limit - scanned);
-            let n = self.body.read_at(self.pos + scanned as u64, &mut buf[..want])?;
+            let n = self.spool.read_at(self.pos + scanned as u64, &mut buf[..want])?;
             if n == 0 {
                 break;
             }
@@ -89,28 +70,75 @@ impl InputStream {
     }
 }
 
+#[pyclass(module = "rswaitress._core", name = "InputStream", frozen)]
+pub struct InputStream {
+    body: Mutex<Body>,
+}
+
+impl InputStream {
+    pub fn new(spool: Spool) -> Self {
+        InputStream { body: Mutex::new(Body { spool, pos: 0 }) }
+    }
+}
+
+/// Takes the next `n` bytes as a bytes object.
+fn take<'py>(py: Python<'py>, body: &mut Body, n: usize) -> PyResult<Bound<'py, PyBytes>> {
+    if !body.spool.is_file() {
+        let s = body.pos as usize;
+        let out = PyBytes::new(py, &body.spool.memory()[s..s + n]);
+        body.pos += n as u64;
+        return Ok(out);
+    }
+    let mut complete = Ok(true);
+    // new_with hands out a zeroed buffer that belongs to the new object alone; it is
+    // filled without the GIL.
+    let out = PyBytes::new_with(py, n, |buf| {
+        complete = py.allow_threads(|| body.fill_from_file(buf));
+        Ok(())
+    })?;
+    match complete {
+        Ok(true) => {
+            body.pos += n as u64;
+            Ok(out)
+        }
+        Ok(false) => Err(pyo3::exceptions::PyIOError::new_err("request body spool was truncated")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn line_len(py: Python<'_>, body: &mut Body, limit: usize) -> PyResult<usize> {
+    if body.spool.is_file() {
+        return py.allow_threads(|| body.line_len(limit)).map_err(Into::into);
+    }
+    body.line_len(limit).map_err(Into::into)
+}
+
 #[pymethods]
 impl InputStream {
     #[pyo3(signature = (size=None))]
-    fn read<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
-        let n = self.limit(size);
-        self.take(py, n)
+    fn read<'py>(&self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let mut body = lock_py(py, &self.body);
+        let n = body.limit(size);
+        take(py, &mut body, n)
     }
 
     #[pyo3(signature = (size=None))]
-    fn readline<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
-        let limit = self.limit(size);
-        let n = self.line_len(limit)?;
-        self.take(py, n)
+    fn readline<'py>(&self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let mut body = lock_py(py, &self.body);
+        let limit = body.limit(size);
+        let n = line_len(py, &mut body, limit)?;
+        take(py, &mut body, n)
     }
 
     #[pyo3(signature = (hint=None))]
-    fn readlines<'py>(&mut self, py: Python<'py>, hint: Option<i64>) -> PyResult<Bound<'py, PyList>> {
+    fn readlines<'py>(&self, py: Python<'py>, hint: Option<i64>) -> PyResult<Bound<'py, PyList>> {
+        let mut body = lock_py(py, &self.body);
         let lines = PyList::empty(py);
         let mut total = 0usize;
-        while self.remaining() > 0 {
-            let n = self.line_len(self.remaining() as usize)?;
-            lines.append(self.take(py, n)?)?;
+        while body.remaining() > 0 {
+            let limit = body.remaining() as usize;
+            let n = line_len(py, &mut body, limit)?;
+            lines.append(take(py, &mut body, n)?)?;
             total += n;
             if matches!(hint, Some(h) if h > 0 && total >= h as usize) {
                 break;
@@ -123,12 +151,14 @@ impl InputStream {
         slf
     }
 
-    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        if self.remaining() == 0 {
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let mut body = lock_py(py, &self.body);
+        if body.remaining() == 0 {
             return Ok(None);
         }
-        let n = self.line_len(self.remaining() as usize)?;
-        Ok(Some(self.take(py, n)?))
+        let limit = body.remaining() as usize;
+        let n = line_len(py, &mut body, limit)?;
+        Ok(Some(take(py, &mut body, n)?))
     }
 
     fn readable(&self) -> bool {

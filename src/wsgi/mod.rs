@@ -3,5 +3,6 @@
 pub mod environ;
 pub mod file_wrapper;
 pub mod input;
+pub mod response;
 pub mod start_response;
 pub mod worker;

@@ -1,0 +1,532 @@
+//! One client connection: its socket, the input buffer and the reader that turns it into
+//! requests, the output buffer, and the phase that says who drives it (`phase.rs`).
+//!
+//! Locking: `Conn::st` is taken by the reactor and by the one worker serving the
+//! connection, for short steps that never wait. Nothing that holds it calls into Python
+//! or waits for the GIL, so a thread that holds the GIL may block on it without risk.
+//!
+//! The socket belongs to the state, not to the `Conn`: it is closed when the phase
+//! becomes `Closed`, whatever still refers to the connection (an environ kept alive by a
+//! stored traceback or a reference cycle keeps only this small struct alive).
+
+pub mod outbuf;
+pub mod phase;
+
+use std::io::{self, IoSlice, Read};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+use socket2::Socket;
+
+use crate::config::Config;
+use crate::http::body::{BodyDecoder, Spool};
+use crate::http::request::{self, BodyFraming, HeadRules, HeadScanner, RequestHead};
+use crate::http::{HttpError, InBuf, Version};
+use crate::listener::ListenerInfo;
+pub use outbuf::OutBuf;
+use phase::{Clocks, Facts, Phase};
+
+/// A request whose head and whole body have arrived.
+pub struct Request {
+    pub head: RequestHead,
+    pub body: Spool,
+    /// When the request was complete (the time it then waits is the queue's).
+    pub ready_at: Instant,
+}
+
+enum Reader {
+    Head(HeadScanner),
+    /// `raw` counts the body bytes received with their framing: Waitress counts chunked
+    /// bodies that way against max_request_body_size.
+    Body {
+        head: Box<RequestHead>,
+        decoder: BodyDecoder,
+        spool: Spool,
+        raw: u64,
+    },
+}
+
+/// What parsing the buffered input gave.
+pub enum Parsed {
+    Request(Request),
+    /// A request that must be refused; answer with this error, then close.
+    Error(HttpError, Version),
+    /// More input is needed.
+    NeedMore,
+}
+
+/// What the poller is asked to report for a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Interest {
+    pub read: bool,
+    pub write: bool,
+}
+
+pub struct Conn {
+    pub key: usize,
+    pub listener: Arc<ListenerInfo>,
+    pub remote_addr: String,
+    pub remote_port: String,
+    pub st: Mutex<ConnState>,
+    /// Signalled when waiting output drops to the high watermark or the connection closes.
+    pub drained: Condvar,
+}
+
+pub struct ConnState {
+    sock: Option<Socket>,
+    pub phase: Phase,
+    pub input: InBuf,
+    reader: Reader,
+    pub out: OutBuf,
+    /// The peer will send nothing more.
+    pub peer_closed: bool,
+    /// What the poller was last asked to report.
+    pub interest: Interest,
+    pub clocks: Clocks,
+    /// While lingering: when the connection is closed whatever the client does.
+    pub linger_until: Option<Instant>,
+}
+
+/// Most bytes read from one connection per readiness event, so that one fast client does
+/// not keep the others waiting (the poller reports it again).
+const READ_BURST: usize = 1 << 20;
+/// An empty input buffer larger than this gives its memory back.
+const KEEP_INPUT_CAPACITY: usize = 64 * 1024;
+
+pub const INTERIM_CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+impl Conn {
+    pub fn new(
+        key: usize,
+        sock: Socket,
+        listener: Arc<ListenerInfo>,
+        remote: (String, String),
+        cfg: &Config,
+    ) -> Self {
+        Conn {
+            key,
+            listener,
+            remote_addr: remote.0,
+            remote_port: remote.1,
+            st: Mutex::new(ConnState::new(sock, cfg)),
+            drained: Condvar::new(),
+        }
+    }
+}
+
+impl ConnState {
+    pub fn new(sock: Socket, cfg: &Config) -> Self {
+        let now = Instant::now();
+        ConnState {
+            sock: Some(sock),
+            phase: Phase::Reading,
+            input: InBuf::new(),
+            reader: Reader::Head(HeadScanner::default()),
+            out: OutBuf::new(cfg.outbuf_overflow),
+            peer_closed: false,
+            interest: Interest::default(),
+            clocks: Clocks { last_input: now, head_started: None, output_since: now },
+            linger_until: None,
+        }
+    }
+
+    pub fn sock(&self) -> Option<&Socket> {
+        self.sock.as_ref()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Marks the connection closed, drops its buffers and hands back the socket for the
+    /// caller to deregister and drop.
+    pub fn close(&mut self) -> Option<Socket> {
+        self.phase = Phase::Closed;
+        self.out.clear();
+        self.input.release();
+        self.reader = Reader::Head(HeadScanner::default());
+        self.sock.take()
+    }
+
+    pub fn facts(&self, stopping: bool) -> Facts {
+        Facts { output_pending: !self.out.is_empty(), peer_closed: self.peer_closed, stopping }
+    }
+
+    /// Whether part of a request has arrived (so an EOF now would lose it).
+    #[cfg(test)]
+    pub fn mid_request(&self) -> bool {
+        match &self.reader {
+            Reader::Head(_) => !self.input.is_empty(),
+            Reader::Body { .. } => true,
+        }
+    }
+
+    /// A connection becomes ready for its next request: its idle clock starts now.
+    pub fn await_next_request(&mut self) {
+        let now = Instant::now();
+        self.clocks.last_input = now;
+        self.clocks.head_started = (!self.input.is_empty()).then_some(now);
+    }
+
+    /// Reads what the socket has into the input buffer (through `scratch`, the reactor's
+    /// landing buffer), or a Content-Length body straight into its spool. Returns the
+    /// bytes read; sets `peer_closed` at end of stream.
+    pub fn read_some(&mut self, scratch: &mut [u8]) -> io::Result<usize> {
+        let Some(sock) = self.sock.as_ref() else { return Ok(0) };
+        let mut total = 0;
+        loop {
+            let direct = match &self.reader {
+                Reader::Body { decoder, .. } if self.input.is_empty() => decoder.remaining(),
+                _ => None,
+            };
+            let want = match direct {
+                Some(0) => return Ok(total),
+                Some(left) => left.min(scratch.len() as u64) as usize,
+                None => scratch.len(),
+            };
+            let got = match &mut self.reader {
+                Reader::Body { decoder, spool, raw, .. } if direct.is_some() => {
+                    spool.recv_from(sock, want, scratch).inspect(|&n| {
+                        decoder.advance(n as u64);
+                        *raw += n as u64;
+                    })
+                }
+                _ => (&*sock).read(&mut scratch[..want]).inspect(|&n| {
+                    if n > 0 && self.clocks.head_started.is_none() && matches!(self.reader, Reader::Head(_)) {
+                        self.clocks.head_started = Some(Instant::now());
+                    }
+                    self.input.extend(&scratch[..n]);
+                }),
+            };
+            match got {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    return Ok(total);
+                }
+                Ok(n) => {
+                    total += n;
+                    self.clocks.last_input = Instant::now();
+                    if n < want || total >= READ_BURST {
+                        return Ok(total);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Parses as much of the input as makes one request.
+    pub fn parse(&mut self, cfg: &Config) -> Parsed {
+        let rules =
+            HeadRules { max_size: cfg.max_request_header_size, require_host: !cfg.allow_missing_host };
+        loop {
+            match &mut self.reader {
+                Reader::Head(scanner) => {
+                    let head = match request::take_head(scanner, &mut self.input, &rules) {
+                        Ok(Some(head)) => {
+                            self.clocks.head_started = None;
+                            head
+                        }
+                        Ok(None) => {
+                            self.shrink_input();
+                            return Parsed::NeedMore;
+                        }
+                        Err((e, version)) => return Parsed::Error(e, version),
+                    };
+                    let decoder = match head.framing {
+                        BodyFraming::None | BodyFraming::Length(0) => {
+                            return Parsed::Request(Request {
+                                head,
+                                body: Spool::new(0),
+                                ready_at: Instant::now(),
+                            });
+                        }
+                        BodyFraming::Length(n) => {
+                            if n >= cfg.max_request_body_size {
+                                let e = too_large_body(cfg.max_request_body_size);
+                                return Parsed::Error(e, head.version);
+                            }
+                            BodyDecoder::length(n)
+                        }
+                        BodyFraming::Chunked => BodyDecoder::chunked(),
+                    };
+                    if head.expect_continue {
+                        // Sent before any response bytes, since nothing of this
+                        // connection is in flight while a request is parsed.
+                        if let Err(e) = self.out.push(INTERIM_CONTINUE) {
+                            let e = HttpError::new(500, format!("could not buffer output: {e}"));
+                            return Parsed::Error(e, head.version);
+                        }
+                    }
+                    let spool = match head.framing {
+                        BodyFraming::Length(n) => Spool::for_length(cfg.inbuf_overflow, n),
+                        _ => Ok(Spool::new(cfg.inbuf_overflow)),
+                    };
+                    let spool = match spool {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let e = HttpError::new(500, format!("could not buffer the request body: {e}"));
+                            return Parsed::Error(e, head.version);
+                        }
+                    };
+                    self.reader = Reader::Body { head: Box::new(head), decoder, spool, raw: 0 };
+                }
+                Reader::Body { head, decoder, spool, raw } => {
+                    if !self.input.is_empty() {
+                        let max = cfg.max_request_body_size;
+                        let chunked = head.framing == BodyFraming::Chunked;
+                        match decoder.feed(self.input.data(), spool, max) {
+                            Ok(p) => {
+                                self.input.consume(p.consumed);
+                                *raw += p.consumed as u64;
+                                if chunked && *raw >= max {
+                                    return Parsed::Error(too_large_body(max), head.version);
+                                }
+                            }
+                            Err(e) => {
+                                // Waitress checks the size before the framing: a body
+                                // past the limit is 413 even if its framing is bad too.
+                                let seen = *raw + self.input.len() as u64;
+                                let e = if chunked && seen >= max { too_large_body(max) } else { e };
+                                return Parsed::Error(e, head.version);
+                            }
+                        }
+                    }
+                    if !decoder.is_done() {
+                        return Parsed::NeedMore;
+                    }
+                    let state = std::mem::replace(&mut self.reader, Reader::Head(HeadScanner::default()));
+                    let Reader::Body { head, spool, .. } = state else { unreachable!() };
+                    return Parsed::Request(Request { head: *head, body: spool, ready_at: Instant::now() });
+                }
+            }
+        }
+    }
+
+    fn shrink_input(&mut self) {
+        if self.input.is_empty() {
+            self.input.release_if_larger(KEEP_INPUT_CAPACITY);
+        }
+    }
+
+    /// Sends `parts` now as far as the socket takes them, buffering the rest behind
+    /// anything already waiting. Returns the bytes left waiting.
+    pub fn send(&mut self, parts: &[&[u8]]) -> io::Result<u64> {
+        let Some(sock) = self.sock.as_ref() else { return Err(io::ErrorKind::NotConnected.into()) };
+        let was_empty = self.out.is_empty();
+        let mut skip = 0usize;
+        if was_empty {
+            skip = send_all_vectored(sock, parts)?;
+        }
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            self.out.push(&part[skip..])?;
+            skip = 0;
+        }
+        if was_empty && !self.out.is_empty() {
+            // Output begins to wait: its stall clock starts now.
+            self.clocks.output_since = Instant::now();
+        }
+        Ok(self.out.pending())
+    }
+
+    /// Queues `len` bytes of `file` from `offset` and sends what the socket takes.
+    pub fn send_file(&mut self, file: std::fs::File, offset: u64, len: u64) -> io::Result<u64> {
+        if self.out.is_empty() {
+            self.clocks.output_since = Instant::now();
+        }
+        self.out.push_file(file, offset, len);
+        self.flush()
+    }
+
+    /// Flushes the output buffer as far as the socket takes it; returns what is left.
+    pub fn flush(&mut self) -> io::Result<u64> {
+        let Some(sock) = self.sock.as_ref() else { return Err(io::ErrorKind::NotConnected.into()) };
+        if self.out.flush(sock)? > 0 {
+            self.clocks.output_since = Instant::now();
+        }
+        Ok(self.out.pending())
+    }
+}
+
+fn too_large_body(max: u64) -> HttpError {
+    HttpError::new(413, format!("exceeds max_body of {max}"))
+}
+
+/// Writes the parts with as few system calls as the socket allows; returns how many
+/// bytes went out before the socket would block.
+fn send_all_vectored(sock: &Socket, parts: &[&[u8]]) -> io::Result<usize> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut sent = 0usize;
+    while sent < total {
+        let mut slices: [IoSlice<'_>; 8] = [IoSlice::new(&[]); 8];
+        let mut n = 0;
+        let mut skip = sent;
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            if n == slices.len() {
+                break;
+            }
+            slices[n] = IoSlice::new(&p[skip..]);
+            n += 1;
+            skip = 0;
+        }
+        match sock.send_vectored(&slices[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A connected pair of TCP sockets on loopback: (server side, client side).
+    pub fn socket_pair() -> (Socket, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (Socket::from(server), client)
+    }
+
+    /// A client socket with a small receive buffer (so that a response it does not read
+    /// backs up quickly), connected to `addr`.
+    pub fn small_receive_buffer(addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&addr.into()).unwrap();
+        s.into()
+    }
+
+    fn read_all_available(st: &mut ConnState) {
+        let mut scratch = vec![0u8; 4096];
+        for _ in 0..1000 {
+            match st.read_some(&mut scratch) {
+                Ok(0) if st.peer_closed => return,
+                Ok(0) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reads_and_parses_pipelined_and_chunked_requests() {
+        let (server, mut client) = socket_pair();
+        let cfg = Config::default();
+        let mut st = ConnState::new(server, &cfg);
+        client.write_all(b"\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        read_all_available(&mut st);
+        assert!(st.peer_closed);
+        let Parsed::Request(r) = st.parse(&cfg) else { panic!() };
+        assert_eq!(r.head.uri, b"/a");
+        let Parsed::Request(r) = st.parse(&cfg) else { panic!() };
+        assert_eq!(r.head.uri, b"/b");
+        assert_eq!(r.body.memory(), b"abc");
+        assert!(matches!(st.parse(&cfg), Parsed::NeedMore));
+        assert_eq!(st.input.data(), b"GET");
+        assert!(st.mid_request());
+    }
+
+    #[test]
+    fn content_length_body_goes_straight_to_its_spool() {
+        let (server, mut client) = socket_pair();
+        let cfg = Config::default();
+        let mut st = ConnState::new(server, &cfg);
+        client.write_all(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n").unwrap();
+        read_all_available_until(&mut st, |st| st.mid_request());
+        assert!(matches!(st.parse(&cfg), Parsed::NeedMore));
+        client.write_all(&vec![b'x'; 100_000]).unwrap();
+        let mut scratch = vec![0u8; 8192];
+        let mut got = None;
+        for _ in 0..5000 {
+            st.read_some(&mut scratch).unwrap();
+            if let Parsed::Request(r) = st.parse(&cfg) {
+                got = Some(r);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let r = got.expect("body arrived");
+        assert_eq!(r.body.len(), 100_000);
+        assert!(st.input.is_empty());
+    }
+
+    fn read_all_available_until(st: &mut ConnState, done: impl Fn(&ConnState) -> bool) {
+        let mut scratch = vec![0u8; 4096];
+        for _ in 0..5000 {
+            st.read_some(&mut scratch).unwrap();
+            if done(st) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("condition not reached");
+    }
+
+    #[test]
+    fn send_buffers_what_the_socket_does_not_take() {
+        let (server, client) = socket_pair();
+        let cfg = Config { outbuf_overflow: 1 << 16, ..Config::default() };
+        let mut st = ConnState::new(server, &cfg);
+        // The client does not read: the kernel buffers fill, then ours does (and spills).
+        let chunk = vec![b'z'; 1 << 20];
+        let mut left = 0;
+        for _ in 0..64 {
+            left = st.send(&[&chunk]).unwrap();
+            if left > (4 << 20) {
+                break;
+            }
+        }
+        assert!(left > 0, "loopback took 64 MiB without the client reading");
+        let t = st.clocks.output_since;
+        let mut reader = client;
+        let mut buf = vec![0u8; 1 << 16];
+        let n = reader.read(&mut buf).unwrap();
+        assert!(n > 0);
+        for _ in 0..100 {
+            st.flush().unwrap();
+            if st.clocks.output_since > t {
+                break;
+            }
+            let _ = reader.read(&mut buf);
+        }
+        assert!(st.clocks.output_since > t, "progress restarts the stall clock");
+    }
+
+    #[test]
+    fn close_drops_the_socket() {
+        let (server, mut client) = socket_pair();
+        let cfg = Config::default();
+        let mut st = ConnState::new(server, &cfg);
+        drop(st.close());
+        assert!(st.is_closed());
+        assert!(st.sock().is_none());
+        let mut buf = [0u8; 1];
+        client.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        // The peer sees the end of the stream (or a reset), not a hang.
+        match client.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("read {n} bytes from a closed connection"),
+            Err(e) => assert_ne!(e.kind(), io::ErrorKind::WouldBlock, "{e}"),
+        }
+        assert!(st.send(&[b"x"]).is_err());
+    }
+}
