@@ -1,7 +1,7 @@
 # Types of the compiled extension module rswaitress._core (src/lib.rs, src/wsgi/).
 # `python -m mypy.stubtest rswaitress._core` checks this file against the built module.
 
-from typing import Any, final
+from typing import Any, Callable, final
 
 from _typeshed.wsgi import WSGIApplication
 
@@ -19,14 +19,25 @@ class Server:
         """``listeners`` are ``(fd, server_port, is_unix)``; the Python socket objects
         keep owning the descriptors."""
 
-    def run(self) -> None:
-        """Runs the reactor until close() or a signal; re-raises a signal's exception."""
+    def run(
+        self, wakeup_fd: int | None = None, on_stop: Callable[[], object] | None = None
+    ) -> None:
+        """Runs the reactor on a thread of its own and waits for it, handling signals and
+        log delivery meanwhile. ``wakeup_fd`` is the reading end of the socket given to
+        ``signal.set_wakeup_fd``; ``on_stop`` is called once when a stop begins. A
+        signal's exception starts a graceful stop and is raised once it is over."""
 
     def serve_worker(self) -> None:
         """The loop of one pool thread; returns once stop_workers() is called."""
 
     def close(self) -> None:
         """Asks run() to stop accepting, finish what is in progress and return."""
+
+    def abort(self) -> None:
+        """Asks run() to close every connection and return at once."""
+
+    def release(self) -> None:
+        """Closes the core's copies of the listening sockets of a server that never ran."""
 
     def stop_workers(self, count: int) -> None:
         """Tells ``count`` pool threads to return once the queue is empty."""

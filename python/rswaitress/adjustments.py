@@ -423,6 +423,8 @@ class Adjustments:
     sockets: list[socket.socket]
     channel_request_lookahead: int
     server_name: str
+    allow_missing_host: bool
+    graceful_timeout: float
 
     #: Options set on every accepted connection: (level, option, value).
     #: Nagle's algorithm is disabled because responses are already buffered.

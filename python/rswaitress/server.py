@@ -40,11 +40,11 @@ logger = logging.getLogger("rswaitress")
 THREAD_JOIN_TIMEOUT = 5.0
 
 #: Servers whose run() is in progress (on any thread).
-_RUNNING = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[BaseWSGIServer] = weakref.WeakSet()
 
 
 @atexit.register
-def _stop_running_servers():
+def _stop_running_servers() -> None:
     """At interpreter exit, stops the servers still running on other threads and waits
     for them: a daemon thread must not be inside the server when the interpreter
     finalises (Python ends such threads abruptly, and that cannot unwind through the
@@ -80,12 +80,12 @@ class _SignalWakeup:
     thread takes the GIL). Only on the main thread, and only when no one else (an asyncio
     loop, say) has set a wakeup descriptor already."""
 
-    def __init__(self, reader, writer):
+    def __init__(self, reader: socket.socket, writer: socket.socket) -> None:
         self.reader = reader
         self.writer = writer
 
     @classmethod
-    def install(cls):
+    def install(cls) -> _SignalWakeup | None:
         if threading.current_thread() is not threading.main_thread():
             return None
         try:
@@ -107,10 +107,10 @@ class _SignalWakeup:
             return None
         return cls(reader, writer)
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self.reader.fileno()
 
-    def uninstall(self):
+    def uninstall(self) -> None:
         try:
             signal.set_wakeup_fd(-1)
         except (ValueError, OSError):
@@ -301,7 +301,7 @@ class BaseWSGIServer:
             _RUNNING.discard(self)
             self._run_done.set()
 
-    def _stop_for_exit(self):
+    def _stop_for_exit(self) -> None:
         self._core.close()
         grace = float(getattr(self.adj, "graceful_timeout", 0)) + THREAD_JOIN_TIMEOUT + 1
         if not self._run_done.wait(grace):

@@ -7,8 +7,8 @@ arguments of ``serve()`` / ``create_server()`` ahead of time::
     options: ServerOptions = {"listen": "127.0.0.1:8080", "threads": 8}
     serve(app, **options)
 
-``ServerOptions`` lists every Waitress 3.0.2 adjustment with the types it accepts as
-input: the native value, or the text a PasteDeploy ``.ini`` file or a command line
+``ServerOptions`` lists every Waitress 3.0.2 adjustment (and rswaitress's own
+additions) with the types it accepts as input: the native value, or the text a PasteDeploy ``.ini`` file or a command line
 gives (``port="8080"``, ``expose_tracebacks="yes"``). What the server keeps after
 conversion is described by the attributes of ``rswaitress.adjustments.Adjustments``.
 
@@ -77,3 +77,7 @@ class ServerOptions(TypedDict, total=False):
     # Accepted for Waitress compatibility, without effect on rswaitress's core.
     asyncore_loop_timeout: int | str
     asyncore_use_poll: bool | int | str
+
+    # rswaitress's own (Waitress has no such keyword).
+    allow_missing_host: bool | int | str
+    graceful_timeout: float | int | str  # seconds
