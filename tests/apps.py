@@ -333,6 +333,13 @@ def sleepy(environ, start_response):
     return [body]
 
 
+def announcing_sleepy(environ, start_response):
+    """``sleepy`` after printing "APP STARTED <path>" on stdout, so that a test running
+    the server in a child process can wait for the request to be in the app."""
+    print("APP STARTED", environ["PATH_INFO"], flush=True)
+    return sleepy(environ, start_response)
+
+
 def status_app(environ, start_response):
     """Answers with the status in ``?status=`` (e.g. 204, 304) and a body."""
     code = _query(environ).get("status", "200")
@@ -365,6 +372,19 @@ class Recorder:
     def __call__(self, environ, start_response):
         with self.lock:
             self.paths.append(environ["PATH_INFO"])
+        return self.app(environ, start_response)
+
+
+class Started:
+    """Wraps an app; ``event`` is set once a request is in it (for tests running the
+    server in-process)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.event = threading.Event()
+
+    def __call__(self, environ, start_response):
+        self.event.set()
         return self.app(environ, start_response)
 
 

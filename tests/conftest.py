@@ -2,13 +2,14 @@
 rswaitress in a subprocess (for signals and ``serve()``), over TCP or a Unix socket, and
 Waitress 3.0.2 in-process for side-by-side comparisons.
 
-The raw-socket client and response parser live in ``rawhttp.py``; the test applications
-in ``apps.py``.
+The raw-socket client and response parser live in ``rawhttp.py``, child processes in
+``procs.py``, the platform features and the hang guard (WAIT) in ``helpers.py``; the
+test applications in ``apps.py``.
 """
 
 import json
+import logging
 import os
-import selectors
 import signal
 import socket
 import subprocess
@@ -24,10 +25,12 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
-from rawhttp import RawClient, parse_response, parse_responses, send_raw  # noqa: E402,F401
+from helpers import PLATFORM_FEATURES, WAIT, platform_has  # noqa: E402
+from procs import PythonChild  # noqa: E402
+from rawhttp import RawClient, parse_response, parse_responses, send_raw, wait_until  # noqa: E402,F401
 
-#: How long a server may take to stop once asked.
-STOP_TIMEOUT = 10.0
+#: How long a server may take to stop once asked (a guard against a hang).
+STOP_TIMEOUT = WAIT
 
 
 class RunningServer:
@@ -114,15 +117,39 @@ def echo_addr(serve_app):
 
 
 @pytest.fixture
-def unix_server(make_server, tmp_path):
-    """``unix_server(app, **kw)`` -> RunningServer listening on tmp_path/"s.sock"."""
-    if not hasattr(socket, "AF_UNIX"):
-        pytest.skip("no Unix sockets here")
+def unix_server(make_server, tmp_path, request):
+    """``unix_server(app, **kw)`` -> RunningServer listening on tmp_path/"s.sock"
+    (for tests marked unix_sockets)."""
+    _require_marker(request, "unix_sockets")
 
     def factory(app, **kw):
         return make_server(app, unix_socket=str(tmp_path / "s.sock"), **kw)
 
     return factory
+
+
+@pytest.fixture
+def logs(caplog):
+    """caplog at INFO for the rswaitress loggers. ``logs.find(text)``: the records so far
+    whose message contains ``text``; ``logs.wait(text)`` polls until there is one (the
+    Rust core's records reach Python logging a little after the fact)."""
+    caplog.set_level(logging.INFO, logger="rswaitress")
+
+    class Logs:
+        @staticmethod
+        def records(name_prefix="rswaitress"):
+            return [r for r in list(caplog.records) if r.name.startswith(name_prefix)]
+
+        @classmethod
+        def find(cls, text, name_prefix="rswaitress"):
+            return [r for r in cls.records(name_prefix) if text in r.getMessage()]
+
+        @classmethod
+        def wait(cls, text, name_prefix="rswaitress", timeout=WAIT):
+            wait_until(lambda: cls.find(text, name_prefix), timeout=timeout)
+            return cls.find(text, name_prefix)
+
+    return Logs
 
 
 # --- Waitress 3.0.2, for comparisons ---------------------------------------------------
@@ -172,7 +199,7 @@ def waitress_server():
     yield factory
     for server, stopper, t in started:
         stopper.stop = True
-        t.join(5)
+        t.join(STOP_TIMEOUT)
         assert not t.is_alive(), "the Waitress server did not stop"
         server._map.pop(-1, None)
         for ch in list(server._map.values()):
@@ -184,9 +211,6 @@ def waitress_server():
 _RUNNER = r"""
 import faulthandler, json, signal, sys
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # stack dump for a hung child
-# A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored;
-# give the child the handler it has when started from a terminal.
-signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[1])
 spec = json.loads(sys.argv[2])
 import apps, rswaitress
@@ -202,13 +226,15 @@ print("RUN RETURNED", flush=True)
 """
 
 
-class SubprocessServer:
-    def __init__(self, proc):
-        self.proc = proc
+class SubprocessServer(PythonChild):
+    """_RUNNER in a child process: ``proc``, ``stdout`` and ``stderr`` (procs.Lines),
+    ``addr`` once started."""
+
+    def __init__(self, spec):
+        super().__init__(_RUNNER, TESTS_DIR, spec)
         self.port = None
         self.host = "127.0.0.1"
         self.unix_socket = None
-        self._lines = {"stdout": [], "stderr": []}
 
     @property
     def addr(self):
@@ -216,33 +242,11 @@ class SubprocessServer:
             return self.unix_socket
         return (self.host, self.port)
 
-    def wait_for_line(self, predicate, stream="stdout", timeout=10.0):
+    def wait_for_line(self, predicate, stream="stdout", timeout=WAIT):
         """Reads lines of ``stream`` until one satisfies ``predicate``; returns it."""
-        f = getattr(self.proc, stream)
-        sel = selectors.DefaultSelector()
-        sel.register(f, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                if not sel.select(left):
-                    continue
-                line = f.readline()
-                if not line:
-                    break
-                line = line.decode("utf-8", "replace").rstrip("\n")
-                self._lines[stream].append(line)
-                if predicate(line):
-                    return line
-        finally:
-            sel.close()
-        raise AssertionError(
-            f"no matching line on {stream} within {timeout}s; got {self._lines[stream]!r}"
-        )
+        return getattr(self, stream).wait_for(predicate, timeout)
 
-    def wait_exit(self, timeout=5.0):
+    def wait_exit(self, timeout=WAIT):
         """Waits for the child to exit and returns its code; if it does not, fails with
         a dump of its threads' stacks."""
         try:
@@ -252,45 +256,33 @@ class SubprocessServer:
             time.sleep(0.5)
             self.proc.kill()
             self.proc.wait(5)
-            err = self.proc.stderr.read().decode("utf-8", "replace")
+            err = self.stderr.rest().decode("utf-8", "replace")
             raise AssertionError(f"server process still running after {timeout}s; "
                                  f"stacks:\n{err[-6000:]}") from None
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
-        for f in (self.proc.stdout, self.proc.stderr):
-            f.close()
-
 
 @pytest.fixture
-def subprocess_server():
+def subprocess_server(request):
     """``subprocess_server(app_name, serve=False, **kw)`` -> SubprocessServer with
     ``port`` known. With ``serve=True`` the child calls ``rswaitress.serve()`` and the
     port is read off its "Serving on" log line (stderr); otherwise it calls
-    create_server, prints "PORT n" and runs."""
+    create_server, prints "PORT n" and runs. For tests marked posix_signals: the
+    tests signal the child, and the child dumps its stacks on SIGUSR1."""
+    _require_marker(request, "posix_signals")
     procs = []
 
     def factory(app_name, serve=False, **kw):
         if "unix_socket" not in kw:
             kw.setdefault("host", "127.0.0.1")
             kw.setdefault("port", 0)
-        spec = json.dumps({"app": app_name, "kw": kw, "serve": serve})
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _RUNNER, TESTS_DIR, spec],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
-        s = SubprocessServer(proc)
+        s = SubprocessServer(json.dumps({"app": app_name, "kw": kw, "serve": serve}))
         procs.append(s)
         if serve:
-            line = s.wait_for_line(lambda l: "Serving on http://" in l, "stderr")
+            line = s.wait_for_line(lambda line: "Serving on http://" in line, "stderr")
             s.serving_line = line
             s.port = int(line.rsplit(":", 1)[1])
         else:
-            line = s.wait_for_line(lambda l: l.startswith("PORT "))
+            line = s.wait_for_line(lambda line: line.startswith("PORT "))
             if "unix_socket" in kw:
                 s.unix_socket = line.split(" ", 1)[1]
             else:
@@ -318,30 +310,30 @@ def ipv6_loopback():
     return "::1"
 
 
-
-# Unix sockets, POSIX signals and /proc are not on every platform the suite runs on (the
-# GitHub workflow runs it on Windows and macOS too): tests whose code uses them are
-# skipped where the platform lacks them, rather than each one carrying its own guard.
-_NEEDS = {
-    "AF_UNIX": lambda: hasattr(socket, "AF_UNIX") and sys.platform != "win32",
-    "unix_socket": lambda: hasattr(socket, "AF_UNIX") and sys.platform != "win32",
-    "SIGINT": lambda: sys.platform != "win32",
-    "SIGTERM": lambda: sys.platform != "win32",
-    "/proc/": lambda: sys.platform.startswith("linux"),
-}
+# --- platform features -----------------------------------------------------------------
 
 
 def pytest_collection_modifyitems(config, items):
-    import inspect
-
-    missing = [word for word, present in _NEEDS.items() if not present()]
+    """Skips the tests marked with a platform feature (helpers.PLATFORM_FEATURES) that
+    the platform lacks, or that RSWAITRESS_TESTS_PRETEND_MISSING says to treat as
+    missing."""
+    try:
+        missing = {name: why for name, (_, why) in PLATFORM_FEATURES.items()
+                   if not platform_has(name)}
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
     if not missing:
         return
     for item in items:
-        try:
-            source = inspect.getsource(item.function)
-        except (OSError, TypeError, AttributeError):
-            continue
-        used = [word for word in missing if word in source]
-        if used:
-            item.add_marker(pytest.mark.skip(reason=f"uses {', '.join(used)}: not on this platform"))
+        lacking = [name for name in missing if item.get_closest_marker(name) is not None]
+        if lacking:
+            what = "; ".join(f"{missing[name]} (marked {name})" for name in lacking)
+            item.add_marker(pytest.mark.skip(reason=f"not on this platform: {what}"))
+
+
+def _require_marker(request, name):
+    """Fails a test that uses a fixture needing platform feature ``name`` without
+    carrying the marker, so that no such test escapes the platform skips."""
+    if request.node.get_closest_marker(name) is None:
+        pytest.fail(f"{request.node.nodeid} uses {request.fixturename}, which needs "
+                    f"@pytest.mark.{name}", pytrace=False)

@@ -9,8 +9,11 @@ responses. ``RawClient`` keeps a connection open to read one response at a time
 import socket
 import time
 
-#: Upper bound for any single socket wait in the tests.
-TIMEOUT = 5.0
+from helpers import WAIT
+
+#: How long a socket wait lasts before it gives up (a guard against a hang only: the
+#: tests never rely on it running out).
+TIMEOUT = WAIT
 
 
 class ResponseError(Exception):
@@ -260,14 +263,23 @@ class RawClient:
                 raise ResponseError("connection closed before a complete response")
             self._fill(deadline)
 
+    def read_until(self, marker, timeout=None):
+        """Reads until ``marker`` has arrived; the bytes stay for read_response()."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while marker not in self.buf:
+            if self.eof:
+                raise ResponseError(f"connection closed before {marker!r}: {self.buf!r}")
+            self._fill(deadline)
+
     def read_until_close(self, timeout=None):
         data = self.buf + recv_until_close(self.sock, timeout or self.timeout)
         self.buf = b""
         return data
 
-    def peer_closed(self, timeout=2.0):
+    def peer_closed(self, timeout=WAIT):
         """True when the server closes the connection (EOF or reset) within ``timeout``
-        with no further bytes; False if the connection is still open then."""
+        with no further bytes; False if the connection is still open then. To show that
+        a connection stays open, pass a short ``timeout``."""
         if self.buf:
             return False
         self.sock.settimeout(timeout)
@@ -306,13 +318,24 @@ def request(method="GET", path="/", version="HTTP/1.1", headers=(), body=b"", ho
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+#: Headers for a request after which the server closes the connection.
+CLOSE = [("Connection", "close")]
+
+
+def get(addr, path="/", headers=(), method="GET", body=b"", version="HTTP/1.1"):
+    """One request on a new connection, ``Connection: close`` added: the parsed
+    response."""
+    data = request(method, path, version=version, headers=list(headers) + CLOSE, body=body)
+    return parse_response(send_raw(addr, data), method)
+
+
 def chunked(*pieces, trailer=b""):
     """A chunked body made of ``pieces``."""
     out = b"".join(b"%X\r\n%s\r\n" % (len(p), p) for p in pieces if p)
     return out + b"0\r\n" + trailer + b"\r\n"
 
 
-def wait_until(predicate, timeout=5.0, interval=0.02):
+def wait_until(predicate, timeout=WAIT, interval=0.02):
     """Polls ``predicate`` until it is true or ``timeout`` passes; returns its last value."""
     deadline = time.monotonic() + timeout
     while True:

@@ -278,7 +278,8 @@ def test_send_bytes_deprecated():
         ({"sockets": [], "host": "h"}, "host or port may not be set if sockets is set."),
         ({"sockets": [], "port": 1}, "host or port may not be set if sockets is set."),
         ({"sockets": [], "unix_socket": "/tmp/s"}, "unix_socket may not be set if sockets is set"),
-        ({"unix_socket": "/tmp/s", "host": "h"}, "unix_socket may not be set if host or port is set"),
+        ({"unix_socket": "/tmp/s", "host": "h"},
+         "unix_socket may not be set if host or port is set"),
         ({"unix_socket": "/tmp/s", "port": 1}, "unix_socket may not be set if host or port is set"),
         ({"unix_socket": "/tmp/s", "listen": "x:1"}, "unix_socket may not be set if listen is set"),
     ],
@@ -470,7 +471,7 @@ def test_sockets_filtered_and_checked():
     assert make(sockets="text").sockets == []
 
 
-@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no AF_UNIX")
+@pytest.mark.unix_sockets
 def test_sockets_inet_and_unix_not_mixed():
     with socket.socket(socket.AF_INET) as inet, socket.socket(socket.AF_UNIX) as unix:
         with pytest.raises(ValueError) as info:
@@ -550,7 +551,8 @@ def test_parse_args_errors(argv, message):
 waitress_adjustments = pytest.importorskip("waitress.adjustments")
 
 # Waitress's settings (rswaitress's own extensions are checked on their own below).
-SETTING_NAMES = [s.name for s in adj.SETTINGS if s.name not in adj.RSWAITRESS_ONLY] + ["socket_options"]
+SETTING_NAMES = [s.name for s in adj.SETTINGS if s.name not in adj.RSWAITRESS_ONLY]
+SETTING_NAMES.append("socket_options")
 
 _UNKNOWN_HEADER = re.compile(
     r"^Received unknown trusted_proxy_headers value \((.*)\) expected one of (.*)$"
@@ -692,17 +694,21 @@ def _socket_sets():
         "udp": lambda: [socket.socket(socket.AF_INET, socket.SOCK_DGRAM)],
         "inet+junk": lambda: [socket.socket(socket.AF_INET), "junk", 1],
     }
-    if hasattr(socket, "AF_UNIX"):
-        sets["unix"] = lambda: [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)]
-        sets["unix+inet"] = lambda: [
+    unix = {
+        "unix": lambda: [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)],
+        "unix+inet": lambda: [
             socket.socket(socket.AF_UNIX, socket.SOCK_STREAM),
             socket.socket(socket.AF_INET, socket.SOCK_STREAM),
-        ]
-        sets["unix-dgram"] = lambda: [socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)]
-    return sets
+        ],
+        "unix-dgram": lambda: [socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)],
+    }
+    params = [pytest.param(name, factory, id=name) for name, factory in sets.items()]
+    params += [pytest.param(name, factory, id=name, marks=pytest.mark.unix_sockets)
+               for name, factory in unix.items()]
+    return sorted(params, key=lambda p: p.id)
 
 
-@pytest.mark.parametrize("name, factory", sorted(_socket_sets().items()))
+@pytest.mark.parametrize("name, factory", _socket_sets())
 def test_parity_sockets(name, factory):
     socks = factory()
     try:

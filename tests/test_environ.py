@@ -8,7 +8,8 @@ import socket
 import pytest
 
 import apps
-from rawhttp import RawClient, chunked, parse_response, request, send_raw
+from helpers import WAIT
+from rawhttp import RawClient, chunked, parse_response, recv_until_close, request, send_raw
 
 
 def get_environ(addr, data):
@@ -205,16 +206,11 @@ def test_server_name_default(echo_addr):
 
 
 def test_remote_addr_host_port(echo_addr):
-    s = socket.create_connection(echo_addr, timeout=5)
+    s = socket.create_connection(echo_addr, timeout=WAIT)
     try:
         local_port = s.getsockname()[1]
         s.sendall(close_req())
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
+        data = recv_until_close(s)
     finally:
         s.close()
     env = json.loads(parse_response(data).body)
@@ -322,7 +318,7 @@ def input_result(addr, mode, body, n=None, chunk=False):
     path = f"/?mode={mode}" + (f"&n={n}" if n is not None else "")
     headers = [("Transfer-Encoding", "chunked")] if chunk else []
     data = close_req("POST", path, headers=headers, body=chunked(body) if chunk else body)
-    r = parse_response(send_raw(addr, data, timeout=5))
+    r = parse_response(send_raw(addr, data))
     assert r.status == 200, r
     return json.loads(r.body)
 

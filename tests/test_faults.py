@@ -4,32 +4,33 @@ answered with a 500 (or, once the head went out, a closed connection), the app
 iterable's close() is still called, and the server keeps serving."""
 
 import logging
-import selectors
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 import apps
-from procs import stop_processes
-from rawhttp import (RawClient, connect, parse_response, parse_responses, request, send_raw,
-                     wait_until)
-
-CLOSE = [("Connection", "close")]
+from helpers import WAIT
+from procs import PythonChild
+from rawhttp import (
+    CLOSE,
+    RawClient,
+    connect,
+    get,
+    parse_response,
+    parse_responses,
+    request,
+    send_raw,
+)
 
 
 @pytest.fixture(autouse=True)
 def _quiet_app_errors(caplog):
     """The apps here fail on purpose; keep their tracebacks out of the output."""
     caplog.set_level(logging.CRITICAL + 1, logger="rswaitress")
-
-
-def get(addr, path="/", headers=()):
-    return parse_response(send_raw(addr, request(path=path, headers=list(headers) + CLOSE)))
 
 
 def still_serves(addr):
@@ -136,7 +137,7 @@ def test_disconnect_mid_response_closes_app_iterable(make_server, reset):
     if reset:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     s.close()
-    assert state["closed"].wait(5), "close() of the app iterable was not called"
+    assert state["closed"].wait(WAIT), "close() of the app iterable was not called"
     assert state["yielded"] < 4096  # it was stopped early, not run to the end
     still_serves(srv.addr)
 
@@ -148,12 +149,12 @@ def test_disconnect_mid_response_finalizes_generator(make_server):
     s.sendall(request(path="/fault"))
     assert s.recv(100).startswith(b"HTTP/1.1 200")
     s.close()
-    assert state["finally"].wait(5)
+    assert state["finally"].wait(WAIT), "the generator was not finalised"
     assert state["yielded"] < 4096
     still_serves(srv.addr)
 
 
-def test_write_after_disconnect_raises_in_the_app(make_server, caplog):
+def test_write_after_disconnect_raises_in_the_app(make_server, logs):
     """An app pushing output through write() learns that the client left: write()
     raises (an Exception subclass, like Waitress's ClientDisconnected), and that is
     logged as a disconnect, not as an application error."""
@@ -173,18 +174,17 @@ def test_write_after_disconnect_raises_in_the_app(make_server, caplog):
         return []
 
     srv = make_server(Switch(app), outbuf_high_watermark=256 * 1024)
-    caplog.set_level(logging.INFO, logger="rswaitress")
     s = connect(srv.addr)
     s.sendall(request(path="/fault/w"))
     assert s.recv(1000).startswith(b"HTTP/1.1 200")
     s.close()
-    assert state["done"].wait(5)
+    assert state["done"].wait(WAIT), "the app did not finish"
     assert state["n"] < 4096
     assert state["exc"] is not None
     assert type(state["exc"]).__name__ == "ClientDisconnected"
-    assert wait_until(lambda: any(r.getMessage() == "Client disconnected while serving /fault/w"
-                                  for r in caplog.records))
-    assert not [r for r in caplog.records if "Exception while serving" in r.getMessage()]
+    message = "Client disconnected while serving /fault/w"
+    assert any(r.getMessage() == message for r in logs.wait(message))
+    assert not logs.find("Exception while serving")
     still_serves(srv.addr)
 
 
@@ -193,7 +193,7 @@ def test_close_called_on_normal_completion_and_on_error(make_server):
     srv = make_server(Switch(app))
     r = get(srv.addr, "/fault")
     assert r.body == b"x" * 30
-    assert state.closed.wait(2) and state.calls == 1
+    assert state.closed.wait(WAIT) and state.calls == 1
 
     closed = threading.Event()
 
@@ -211,7 +211,7 @@ def test_close_called_on_normal_completion_and_on_error(make_server):
 
     srv2 = make_server(Switch(failing_app))
     send_raw(srv2.addr, request(path="/fault", headers=CLOSE))
-    assert closed.wait(2), "close() not called after the iterable raised"
+    assert closed.wait(WAIT), "close() not called after the iterable raised"
     still_serves(srv2.addr)
 
 
@@ -326,7 +326,7 @@ def test_app_error_500_on_keep_alive_connection_then_closed(make_server, name):
         assert c.read_response().status == 200
         c.send(request(path="/fault") + request(path="/ok2"))
         assert c.read_response().status == 500
-        assert c.peer_closed(timeout=3)  # the pipelined /ok2 is not served
+        assert c.peer_closed()  # the pipelined /ok2 is not served
     still_serves(srv.addr)
 
 
@@ -396,7 +396,7 @@ def test_app_error_after_head_closes_connection(make_server, name):
     with RawClient(srv.addr) as c:
         # Keep-alive asked for, and another request pipelined: neither is honoured.
         c.send(request(path="/fault") + request(path="/ok"))
-        raw = c.read_until_close(timeout=3)
+        raw = c.read_until_close()
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     rs = parse_responses(raw)
     assert len(rs) == 1
@@ -451,7 +451,7 @@ def test_many_faults_in_a_row_then_still_serving(make_server):
 
     srv = make_server(app, threads=2)
     for _ in range(len(faults)):
-        send_raw(srv.addr, request(path="/fault", headers=CLOSE), timeout=3)
+        send_raw(srv.addr, request(path="/fault", headers=CLOSE))
     for _ in range(3):
         still_serves(srv.addr)
 
@@ -459,26 +459,26 @@ def test_many_faults_in_a_row_then_still_serving(make_server):
 # --- signals ----------------------------------------------------------------------------
 
 
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_cleanly_after_in_flight_request(subprocess_server, sig):
-    s = subprocess_server("sleepy", threads=2)
+    s = subprocess_server("announcing_sleepy", threads=2)
     with RawClient(s.addr) as c:
         c.send(request(path="/?s=0.6"))
-        time.sleep(0.25)  # the app is sleeping now
-        t0 = time.monotonic()
-        s.proc.send_signal(sig)
-        r = c.read_response(timeout=5)
+        s.wait_for_line(lambda line: line.startswith("APP STARTED"))
+        s.proc.send_signal(sig)  # while the app sleeps
+        r = c.read_response()
         assert r.status == 200 and r.body == b"slept 0.6"
-        assert c.peer_closed(timeout=3)
-    assert s.wait_exit(5) == 0
-    assert time.monotonic() - t0 < 5
-    assert b"RUN RETURNED" in s.proc.stdout.read()
-    err = s.proc.stderr.read()
+        assert c.peer_closed()
+    assert s.wait_exit() == 0
+    assert b"RUN RETURNED" in s.stdout.rest()
+    err = s.stderr.rest()
     assert b"Traceback" not in err, err.decode(errors="replace")
     with pytest.raises(OSError):
         socket.create_connection(s.addr, timeout=1).close()
 
 
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_idle_server_with_open_connections(subprocess_server, sig):
     s = subprocess_server("hello")
@@ -490,9 +490,9 @@ def test_signal_stops_idle_server_with_open_connections(subprocess_server, sig):
         half = connect(s.addr)
         half.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
         s.proc.send_signal(sig)
-        assert s.wait_exit(5) == 0
+        assert s.wait_exit() == 0
         for c in clients:
-            assert c.peer_closed(timeout=2)
+            assert c.peer_closed()
         half.close()
     finally:
         for c in clients:
@@ -500,8 +500,7 @@ def test_signal_stops_idle_server_with_open_connections(subprocess_server, sig):
 
 
 _CHILD = r"""
-import signal, sys, time
-signal.signal(signal.SIGINT, signal.default_int_handler)
+import sys, time
 import rswaitress
 
 def app(environ, start_response):
@@ -528,46 +527,40 @@ print("RUN RETURNED", flush=True)
 
 @pytest.fixture
 def child_server():
-    procs = []
+    """``child_server(threads=2)`` -> (PythonChild running _CHILD, its address)."""
+    children = []
 
     def start(threads=2):
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(threads)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL)
-        procs.append(proc)
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        try:
-            assert sel.select(10), "the child server did not start"
-        finally:
-            sel.close()
-        line = proc.stdout.readline().decode()
-        assert line.startswith("PORT "), line
-        return proc, ("127.0.0.1", int(line.split()[1]))
+        child = PythonChild(_CHILD, threads)
+        children.append(child)
+        return child, ("127.0.0.1", child.read_port())
 
     yield start
-    stop_processes(procs)
+    for child in children:
+        child.stop()
 
 
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_stream_lets_the_response_finish(child_server, sig):
-    proc, addr = child_server()
+    child, addr = child_server()
     with RawClient(addr) as c:
         c.send(request(path="/stream"))
-        time.sleep(0.35)  # a few pieces out, the rest to come
-        proc.send_signal(sig)
-        r = c.read_response(timeout=5)
+        c.read_until(b"piece0;")  # the first piece is out, seven more are to come
+        child.proc.send_signal(sig)
+        r = c.read_response()
         assert r.status == 200 and r.complete
         assert r.body == b"".join(b"piece%d;" % i for i in range(8))
-    assert proc.wait(5) == 0
-    assert b"RUN RETURNED" in proc.stdout.read()
+    assert child.proc.wait(WAIT) == 0
+    assert b"RUN RETURNED" in child.stdout.rest()
 
 
+@pytest.mark.posix_signals
 def test_sigterm_with_a_queued_request_exits_cleanly(child_server):
     """threads=1: one request runs, another waits in the queue when SIGTERM arrives. The
     running one completes; the queued one is either served or its connection closed
-    without a partial response; the process exits 0 promptly."""
-    proc, addr = child_server(threads=1)
+    without a partial response; the process exits 0."""
+    child, addr = child_server(threads=1)
     a, b = RawClient(addr), RawClient(addr)
     try:
         a.send(request(path="/sleep"))
@@ -576,16 +569,14 @@ def test_sigterm_with_a_queued_request_exits_cleanly(child_server):
         # Let the "Task queue depth" record be delivered first: a signal arriving while
         # it is delivered is lost (see test_signal_during_log_delivery_is_not_lost).
         time.sleep(0.3)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        r = a.read_response(timeout=5)
+        child.proc.send_signal(signal.SIGTERM)
+        r = a.read_response()
         assert r.status == 200 and r.body == b"ok"
-        rest = b.read_until_close(timeout=5)
+        rest = b.read_until_close()
         if rest:
             rb = parse_response(rest)
             assert rb.status == 200 and rb.body == b"ok"
-        assert proc.wait(5) == 0
-        assert time.monotonic() - t0 < 5
+        assert child.proc.wait(WAIT) == 0
     finally:
         a.close()
         b.close()
@@ -593,7 +584,6 @@ def test_sigterm_with_a_queued_request_exits_cleanly(child_server):
 
 _SIGNAL_IN_LOGGING_CHILD = r"""
 import logging, os, signal, sys, time
-signal.signal(signal.SIGINT, signal.default_int_handler)
 import rswaitress
 
 SIG = getattr(signal, sys.argv[1])
@@ -626,33 +616,25 @@ print("RUN RETURNED", flush=True)
 """
 
 
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_signal_during_log_delivery_is_not_lost(sig):
-    proc = subprocess.Popen([sys.executable, "-c", _SIGNAL_IN_LOGGING_CHILD, sig],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+    child = PythonChild(_SIGNAL_IN_LOGGING_CHILD, sig)
+    proc = child.proc
     a = b = None
     try:
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        assert sel.select(10), "the child server did not start"
-        sel.close()
-        addr = ("127.0.0.1", int(proc.stdout.readline().split()[1]))
+        addr = ("127.0.0.1", child.read_port())
         a, b = RawClient(addr), RawClient(addr)
         a.send(request())
         time.sleep(0.1)
         b.send(request())  # queued behind a: "Task queue depth is 1" -> the signal
         try:
-            code = proc.wait(2.5)
+            code = proc.wait(WAIT)
         except subprocess.TimeoutExpired:
             code = None
-        assert code == 0, "the server did not stop after the signal"
+        assert code == 0, f"the server did not stop after the signal (within {WAIT} s)"
     finally:
         for c in (a, b):
             if c is not None:
                 c.close()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
-        proc.stdout.close()
-        proc.stderr.close()
+        child.stop()

@@ -12,16 +12,24 @@ import time
 import pytest
 
 import apps
-from rawhttp import (RawClient, connect, parse_response, parse_responses, recv_until_close,
-                     request, send_raw)
+from helpers import WAIT
+from rawhttp import (
+    CLOSE,
+    RawClient,
+    connect,
+    get,
+    parse_response,
+    parse_responses,
+    recv_until_close,
+    request,
+)
 
-CLOSE = [("Connection", "close")]
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-def exchange(addr, data, timeout=3.0):
+def exchange(addr, data, timeout=WAIT):
     """Sends ``data``; reads until the server closes. Returns (bytes, closed) where
-    ``closed`` says whether EOF/reset came within ``timeout``."""
+    ``closed`` says whether EOF/reset came within ``timeout`` (a guard against a hang)."""
     s = connect(addr)
     try:
         try:
@@ -48,10 +56,6 @@ def exchange(addr, data, timeout=3.0):
         s.close()
 
 
-def get(addr, path="/"):
-    return parse_response(send_raw(addr, request(path=path, headers=CLOSE)))
-
-
 # --- slow clients -----------------------------------------------------------------------
 
 
@@ -61,31 +65,31 @@ def test_idle_half_head_closed_after_channel_timeout(serve_app):
     try:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Half: ")
         t0 = time.monotonic()
-        served = 0
+        served_meanwhile = 0  # answered while the half head was then seen still open
         s.settimeout(0.2)
         closed_at = None
-        while time.monotonic() - t0 < 4:
+        while closed_at is None and time.monotonic() - t0 < WAIT:
             assert get(addr).status == 200  # others are served meanwhile
-            served += 1
             try:
                 data = s.recv(100)
             except socket.timeout:
+                served_meanwhile += 1
                 continue
             except ConnectionResetError:
                 data = b""
             assert data == b"", data  # closed without an answer
             closed_at = time.monotonic() - t0
-            break
     finally:
         s.close()
     assert closed_at is not None, "the half-sent head was never closed"
-    assert 0.8 <= closed_at <= 3.0, closed_at
-    assert served >= 3
+    assert closed_at >= 0.8, closed_at  # not before channel_timeout
+    assert served_meanwhile >= 1
 
 
-def _dribble(addr, data, interval, limit):
+def _dribble(addr, data, interval):
     """Sends ``data`` a byte every ``interval`` s; returns (seconds until the server
-    closed, bytes received) or (None, b"") if still open after ``limit`` s."""
+    closed, bytes received), or (None, b"") if the connection was still open once all
+    of ``data`` had gone out."""
     s = connect(addr)
     t0 = time.monotonic()
     try:
@@ -102,8 +106,6 @@ def _dribble(addr, data, interval, limit):
                 pass
             except ConnectionResetError:
                 return time.monotonic() - t0, b""
-            if time.monotonic() - t0 > limit:
-                return None, b""
         return None, b""
     finally:
         s.close()
@@ -112,21 +114,22 @@ def _dribble(addr, data, interval, limit):
 def test_head_dribbler_closed_while_others_are_served(serve_app):
     """Waitress's channel_timeout only closes *inactive* connections, so a client that
     dribbles a head byte every 0.3 s keeps a Waitress channel forever. rswaitress also
-    requires a head to be complete within channel_timeout and closes the dribbler."""
+    requires a head to be complete within channel_timeout and closes the dribbler: here
+    while it still has bytes to send (over 20 s of them)."""
     addr = serve_app(apps.hello, channel_timeout=1, cleanup_interval=0.5, threads=1)
     result = {}
-    t = threading.Thread(target=lambda: result.update(
-        r=_dribble(addr, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 40, 0.3, 4)))
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 40
+    t = threading.Thread(target=lambda: result.update(r=_dribble(addr, head, 0.3)))
     t.start()
     try:
         for _ in range(5):
             assert get(addr).status == 200
             time.sleep(0.1)
     finally:
-        t.join(8)
+        t.join(WAIT)
+    assert not t.is_alive(), "the dribbling client is still going"
     closed_after, got = result["r"]
     assert closed_after is not None, "the dribbling client was never closed"
-    assert closed_after <= 3.0
     assert got == b""
 
 
@@ -139,10 +142,9 @@ def test_stalled_body_does_not_occupy_the_worker(make_server):
             s.sendall(b"POST /stalled%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                       b"Content-Length: 1000\r\n\r\n0123456789" % i)
         time.sleep(0.2)
-        t0 = time.monotonic()
+        # With the only worker taken by a stalled body these would never be answered.
         for i in range(5):
             assert get(srv.addr, f"/other{i}").status == 200
-        assert time.monotonic() - t0 < 2.0
         assert rec.paths == [f"/other{i}" for i in range(5)]  # no app call for them yet
         # The stalled client finishes: its request is served in full.
         stalled[0].sendall(b"x" * 990)
@@ -212,11 +214,11 @@ def test_connection_limit_holds_without_dropping_held_connections(serve_app):
                 assert c.read_response().status == 200
         # Each held connection that closes lets one waiting client in, in order.
         held[0].close()
-        assert extra[0].read_response(timeout=3).status == 200
+        assert extra[0].read_response().status == 200
         with pytest.raises(socket.timeout):
             extra[1].read_response(timeout=0.3)
         held[1].close()
-        assert extra[1].read_response(timeout=3).status == 200
+        assert extra[1].read_response().status == 200
     finally:
         for c in held + extra:
             c.close()
@@ -231,15 +233,15 @@ def test_slow_clients_holding_every_slot_are_reaped(serve_app):
     try:
         for h in holders:
             h.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+        t0 = time.monotonic()  # the holders' last activity
         time.sleep(0.2)
         waiting = RawClient(addr)
         waiting.send(request())
-        t0 = time.monotonic()
-        r = waiting.read_response(timeout=4)
+        r = waiting.read_response()
         assert r.status == 200
-        assert 0.5 <= time.monotonic() - t0 <= 4
+        assert time.monotonic() - t0 >= 0.5  # let in only once a holder was reaped
         for h in holders:
-            h.settimeout(2)
+            h.settimeout(WAIT)
             assert h.recv(100) == b""
     finally:
         for h in holders:
@@ -400,11 +402,10 @@ def test_too_many_headers_431_with_small_limit(serve_app):
     raw, closed = exchange(addr, head + b"\r\n")
     r = parse_response(raw)
     assert r.status == 431 and closed
-    # Unterminated: refused as soon as the limit is passed, without waiting for the end.
-    t0 = time.monotonic()
+    # Unterminated: refused as soon as the limit is passed, without waiting for the end
+    # (which never comes: an answer at all shows that it did not wait).
     raw, closed = exchange(addr, head)
     assert parse_response(raw).status == 431 and closed
-    assert time.monotonic() - t0 < 1.5
 
 
 def test_permissive_but_valid_values_are_accepted(make_server):

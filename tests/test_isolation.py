@@ -8,7 +8,6 @@
   goes on accepting, refusing bad requests and flushing other responses meanwhile.
 """
 
-import logging
 import os
 import socket
 import subprocess
@@ -19,6 +18,7 @@ import time
 import pytest
 
 import apps
+from helpers import WAIT
 from rawhttp import RawClient, connect, parse_response, request, send_raw, wait_until
 
 #: Largest head that stays under the default max_request_header_size (262144 bytes).
@@ -56,7 +56,7 @@ def test_worst_case_heads_do_not_stall_other_connections(make_server, distinct):
 
     def heavy_client():
         try:
-            with RawClient(srv.addr, timeout=30) as c:
+            with RawClient(srv.addr, timeout=WAIT) as c:
                 for _ in range(4):
                     c.send(head)
                     answers.append(c.read_response().status)
@@ -73,12 +73,12 @@ def test_worst_case_heads_do_not_stall_other_connections(make_server, distinct):
             for i in range(40):
                 c.send(request(path=f"/light{i}"))
                 assert c.read_response().status == 200
-        for i in range(10):
+        for _ in range(10):
             r = parse_response(send_raw(srv.addr, request(headers=[("Connection", "close")])))
             assert r.status == 200
     finally:
         for t in heavy:
-            t.join(60)
+            t.join(WAIT)
         done.set()
     assert not errors, errors
     assert answers == [200] * 12
@@ -100,8 +100,7 @@ class _Endless:
         self.closed.release()
 
 
-def test_slow_readers_free_their_workers(make_server, caplog):
-    caplog.set_level(logging.INFO, logger="rswaitress")
+def test_slow_readers_free_their_workers(make_server, logs):
     closed = threading.Semaphore(0)
     started = threading.Semaphore(0)
 
@@ -123,17 +122,17 @@ def test_slow_readers_free_their_workers(make_server, caplog):
         readers.append(s)
     try:
         for _ in range(threads):
-            assert started.acquire(timeout=10), "the application was not called"
+            assert started.acquire(timeout=WAIT), "the application was not called"
         t0 = time.monotonic()
         # Every pool thread is now blocked on a client that reads nothing; each is freed
         # once its client has accepted no bytes for channel_timeout.
         for _ in range(threads):
-            assert closed.acquire(timeout=20), "a slow reader still holds its pool thread"
+            assert closed.acquire(timeout=WAIT), "a slow reader still holds its pool thread"
         assert time.monotonic() - t0 >= 0.9, "closed before channel_timeout"
         r = parse_response(send_raw(srv.addr, request(headers=[("Connection", "close")])))
         assert r.status == 200
-        assert wait_until(lambda: len([rec for rec in caplog.records
-                                       if "accepted none of its response" in rec.getMessage()]) >= threads)
+        what = "accepted none of its response"
+        assert wait_until(lambda: len(logs.find(what)) >= threads), logs.records()
     finally:
         for s in readers:
             s.close()
@@ -168,7 +167,7 @@ srv.run()
 """
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="needs ctypes.PyDLL(None) and os.pipe fds")
+@pytest.mark.posix
 def test_gil_holding_call_does_not_stall_the_reactor(tmp_path):
     r, w = os.pipe()
     proc = subprocess.Popen(
@@ -185,7 +184,7 @@ def test_gil_holding_call_does_not_stall_the_reactor(tmp_path):
         big.sendall(request(path="/big"))
         first = big.recv(65536)
         assert first.startswith(b"HTTP/1.1 200 OK")
-        holder = RawClient(addr, timeout=10)
+        holder = RawClient(addr, timeout=WAIT)
         holder.send(request(path="/hold"))
         assert proc.stdout.readline().strip() == b"HOLDING"
         # The GIL is held until the byte is written below. Meanwhile:

@@ -16,16 +16,15 @@ import sys
 import pytest
 
 import apps
+from helpers import WAIT
 from rawhttp import RawClient, parse_response, request, send_raw, wait_until
-
-procfs = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
 
 
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
-@procfs
+@pytest.mark.procfs
 def test_sockets_close_while_environs_live_on(make_server):
     kept = []
 
@@ -82,7 +81,7 @@ def test_exit_with_a_server_on_a_daemon_thread(how):
     server still running: exit status 0, no crash."""
     done = subprocess.run(
         [sys.executable, "-c", _EXIT, os.path.dirname(__file__), how],
-        capture_output=True, timeout=60,
+        capture_output=True, timeout=WAIT,
     )
     assert done.stdout.split() == [b"200", b"EXITING"], done
     assert done.returncode == 0, done.stderr.decode(errors="replace")

@@ -3,33 +3,37 @@ loaded with paste.deploy in a child process, every setting arriving as a string.
 
 import importlib.metadata
 import json
-import os
-import selectors
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from rawhttp import RawClient, parse_response, request, send_raw
-from procs import stop_processes
+from helpers import WAIT
+from procs import SIGINT_DEFAULT, PythonChild, free_port, wait_listening
+from rawhttp import RawClient, get, request
 
 pytest.importorskip("paste.deploy")
-
-CLOSE = [("Connection", "close")]
 
 APP_MODULE = '''
 import json
 import threading
-import time
+
+# Two requests for /slow wait here for each other: they pass only if two workers serve
+# them at the same time.
+both_in = threading.Barrier(2)
+
 
 def make_app(global_conf, greeting="hello", **kw):
     def app(environ, start_response):
+        overlapped = None
         if environ["PATH_INFO"].endswith("/slow"):
-            time.sleep(0.4)
+            try:
+                both_in.wait(30)  # helpers.WAIT
+                overlapped = True
+            except threading.BrokenBarrierError:
+                overlapped = False
         body = json.dumps({
             "greeting": greeting,
             "global_conf_keys": sorted(global_conf),
@@ -39,6 +43,7 @@ def make_app(global_conf, greeting="hello", **kw):
             "url_scheme": environ["wsgi.url_scheme"],
             "thread": threading.current_thread().name,
             "multithread": environ["wsgi.multithread"],
+            "overlapped": overlapped,
         }).encode()
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])
@@ -47,8 +52,7 @@ def make_app(global_conf, greeting="hello", **kw):
 '''
 
 CHILD = r"""
-import signal, sys
-signal.signal(signal.SIGINT, signal.default_int_handler)
+import sys
 sys.path.insert(0, sys.argv[2])
 from paste.deploy import loadapp, loadserver
 uri = "config:" + sys.argv[1]
@@ -59,51 +63,11 @@ print("SERVER RETURNED", result, flush=True)
 """
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, proc, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: "
-                                 f"{proc.stderr.read().decode(errors='replace')[-3000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("the paste server did not start listening")
-
-
-def read_available(f, timeout=2.0):
-    fd = f.fileno()
-    out = b""
-    sel = selectors.DefaultSelector()
-    sel.register(fd, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                break
-            data = os.read(fd, 65536)
-            if not data:
-                break
-            out += data
-    finally:
-        sel.close()
-    return out.decode(errors="replace")
-
-
 @pytest.fixture
 def paste_server(tmp_path):
-    """``paste_server(server_settings)`` -> (port, proc): writes app module + .ini, starts
-    the child, waits until it listens. Killed at teardown if still running."""
-    procs = []
+    """``paste_server(server_settings)`` -> (port, PythonChild): writes app module + .ini,
+    starts the child, waits until it listens. Killed at teardown if still running."""
+    children = []
 
     def start(extra_server="", extra_app=""):
         (tmp_path / "pasteapp_mod.py").write_text(APP_MODULE)
@@ -125,19 +89,19 @@ def paste_server(tmp_path):
             threads = 2
             {extra_server}
             """))
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ini), str(tmp_path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL)
-        procs.append(proc)
-        wait_listening(port, proc)
-        return port, proc
+        child = PythonChild(CHILD, ini, tmp_path)
+        children.append(child)
+        wait_listening(port, child.proc,
+                       lambda: child.stderr.rest().decode(errors="replace")[-3000:])
+        return port, child
 
     yield start
-    stop_processes(procs)
+    for child in children:
+        child.stop()
 
 
 def get_json(port, path="/"):
-    r = parse_response(send_raw(("127.0.0.1", port), request(path=path, headers=CLOSE)))
+    r = get(("127.0.0.1", port), path)
     assert r.status == 200, r
     return r, json.loads(r.body)
 
@@ -152,24 +116,26 @@ def test_entry_point_registered():
     assert ours[0].load() is rswaitress.serve_paste
 
 
+@pytest.mark.posix_signals
 def test_paste_ini_serves_app(paste_server):
-    port, proc = paste_server()
+    port, child = paste_server()
     r, body = get_json(port, "/some/path")
     assert body["greeting"] == "bonjour"
     assert body["path"] == "/some/path"
     assert "site_setting" in body["global_conf_keys"]
     assert body["multithread"] is True
     assert r.header("Server") == "rswaitress"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(5) == 0
-    assert "SERVER RETURNED 0" in read_available(proc.stdout)
-    assert f"Serving on http://127.0.0.1:{port}" in read_available(proc.stderr)
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.proc.wait(WAIT) == 0
+    assert b"SERVER RETURNED 0" in child.stdout.rest()
+    assert f"Serving on http://127.0.0.1:{port}".encode() in child.stderr.rest()
 
 
+@pytest.mark.posix_signals
 def test_paste_string_settings_are_coerced(paste_server):
     """threads = 2 (a string) really gives two workers: two slow requests overlap; and
     string values of other settings take effect."""
-    port, proc = paste_server(extra_server=textwrap.dedent("""\
+    port, child = paste_server(extra_server=textwrap.dedent("""\
         url_scheme = https
         url_prefix = /mount/
         ident = paste-ident
@@ -184,18 +150,16 @@ def test_paste_string_settings_are_coerced(paste_server):
     # threads = "2": two slow requests run side by side, in two worker threads.
     a, b = RawClient(("127.0.0.1", port)), RawClient(("127.0.0.1", port))
     try:
-        t0 = time.monotonic()
         a.send(request(path="/mount/slow"))
         b.send(request(path="/mount/slow"))
-        names = {json.loads(c.read_response().body)["thread"] for c in (a, b)}
-        elapsed = time.monotonic() - t0
+        got = [json.loads(c.read_response().body) for c in (a, b)]
     finally:
         a.close()
         b.close()
-    assert names == {"rswaitress-0", "rswaitress-1"}
-    assert elapsed < 0.75, elapsed
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(5) == 0
+    assert [g["overlapped"] for g in got] == [True, True], "the two were not served at once"
+    assert {g["thread"] for g in got} == {"rswaitress-0", "rswaitress-1"}
+    child.proc.send_signal(signal.SIGINT)
+    assert child.proc.wait(WAIT) == 0
 
 
 def test_paste_bad_setting_fails_to_start(tmp_path):
@@ -211,8 +175,8 @@ def test_paste_bad_setting_fails_to_start(tmp_path):
         port = 0
         threads = lots
         """))
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(ini), str(tmp_path)],
-                          capture_output=True, timeout=20)
+    proc = subprocess.run([sys.executable, "-c", SIGINT_DEFAULT + CHILD, str(ini), str(tmp_path)],
+                          capture_output=True, timeout=WAIT)
     assert proc.returncode != 0
     assert b"ValueError" in proc.stderr
     assert b"SERVER RETURNED" not in proc.stdout

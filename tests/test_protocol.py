@@ -7,8 +7,8 @@ import time
 import pytest
 
 import apps
+from helpers import WAIT
 from rawhttp import RawClient, chunked, parse_response, parse_responses, request, send_raw
-
 
 # --- persistence ------------------------------------------------------------------------
 
@@ -269,7 +269,7 @@ def test_head_never_carries_body(serve_app, mode):
         # Nothing may follow the head: the next bytes on the wire must be the next
         # response (or the close).
         if r.header("Connection") == "close":
-            assert c.read_until_close(timeout=2) == b""
+            assert c.read_until_close() == b""
         else:
             c.send(request("GET", f"/?mode={mode}"))
             g = c.read_response()
@@ -300,7 +300,7 @@ def test_head_file_wrapper_has_no_body(serve_app, tmp_path):
         c.send(request("GET", headers=[("Connection", "close")]))
         g = c.read_response()
         assert g.body == b"F" * 50000
-        assert c.read_until_close(timeout=2) == b""
+        assert c.read_until_close() == b""
 
 
 def test_head_bytesio_file_wrapper_has_no_body(serve_app):
@@ -462,7 +462,7 @@ def test_many_clients_with_keep_alive(serve_app):
     for t in ts:
         t.start()
     for t in ts:
-        t.join(10)
+        t.join(WAIT)
     assert not errors
     assert not any(t.is_alive() for t in ts)
 

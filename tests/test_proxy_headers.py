@@ -22,6 +22,7 @@ import waitress.proxy_headers
 import waitress.wasyncore
 
 import rswaitress
+from helpers import WAIT
 from rswaitress.proxy_headers import proxy_headers_middleware
 
 ENV_KEYS = (
@@ -65,7 +66,7 @@ class _Running:
 
     def close(self):
         self._stop(self.server)
-        self.thread.join(5)
+        self.thread.join(WAIT)
         if self._after is not None:
             self._after(self.server)
 
@@ -124,10 +125,10 @@ def server_pairs():
 def _connect(server):
     if server.family == getattr(socket, "AF_UNIX", None):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(5)
+        sock.settimeout(WAIT)
         sock.connect(server.socket.getsockname())
     else:
-        sock = socket.create_connection(("127.0.0.1", int(server.effective_port)), 5)
+        sock = socket.create_connection(("127.0.0.1", int(server.effective_port)), WAIT)
     return sock
 
 
@@ -207,19 +208,26 @@ CASES = [
     ("x-for-multi-count1", TRUST_X, [("X-Forwarded-For", "192.0.2.1, 198.51.100.2 , 203.0.113.3")]),
     ("x-for-v4mapped", TRUST_X, [("X-Forwarded-For", "::ffff:192.0.2.1")]),
     ("x-for-empty-entry", TRUST_X, [("X-Forwarded-For", "192.0.2.1,")]),
-    ("x-for-dup-lines", TRUST_X, [("X-Forwarded-For", "192.0.2.1"), ("X-Forwarded-For", "192.0.2.2")]),
-    ("x-host-with-port", TRUST_X, [("X-Forwarded-Host", "public.example:8080"), ("X-Forwarded-Proto", "https")]),
+    ("x-for-dup-lines", TRUST_X,
+     [("X-Forwarded-For", "192.0.2.1"), ("X-Forwarded-For", "192.0.2.2")]),
+    ("x-host-with-port", TRUST_X,
+     [("X-Forwarded-Host", "public.example:8080"), ("X-Forwarded-Proto", "https")]),
     ("x-host-ipv6", TRUST_X, [("X-Forwarded-Host", "[2001:db8::5]"), ("X-Forwarded-Port", "8000")]),
-    ("x-host-proto-https-default", TRUST_X, [("X-Forwarded-Host", "public.example"), ("X-Forwarded-Proto", "HTTPS")]),
-    ("x-host-port-80-https", TRUST_X, [("X-Forwarded-Host", "public.example"), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Port", "80")]),
-    ("x-host-port-443-http", TRUST_X, [("X-Forwarded-Host", "public.example"), ("X-Forwarded-Port", "443")]),
+    ("x-host-proto-https-default", TRUST_X,
+     [("X-Forwarded-Host", "public.example"), ("X-Forwarded-Proto", "HTTPS")]),
+    ("x-host-port-80-https", TRUST_X,
+     [("X-Forwarded-Host", "public.example"), ("X-Forwarded-Proto", "https"),
+      ("X-Forwarded-Port", "80")]),
+    ("x-host-port-443-http", TRUST_X,
+     [("X-Forwarded-Host", "public.example"), ("X-Forwarded-Port", "443")]),
     ("x-proto-only-http", TRUST_X, [("X-Forwarded-Proto", "http")]),
     ("x-port-only", TRUST_X, [("X-Forwarded-Port", "9000")]),
     ("x-host-no-client-host", TRUST_X, [("X-Forwarded-Host", "public.example")], None),
     ("x-host-empty-port", TRUST_X, [("X-Forwarded-Host", "public.example:")]),
     ("x-underscore-name-ignored", TRUST_X, [("X_Forwarded_For", "192.0.2.1")]),
     ("x-padded-value", TRUST_X, [("X-Forwarded-For", "   192.0.2.1   ")]),
-    ("x-mixed-case-dup", TRUST_X, [("x-forwarded-for", "192.0.2.1"), ("X-FORWARDED-FOR", "192.0.2.2")]),
+    ("x-mixed-case-dup", TRUST_X,
+     [("x-forwarded-for", "192.0.2.1"), ("X-FORWARDED-FOR", "192.0.2.2")]),
     ("x-host-latin1", TRUST_X, [("X-Forwarded-Host", "h\xe9.example")]),
     ("x-empty-values", TRUST_X, [("X-Forwarded-For", ""), ("X-Forwarded-Proto", "")]),
     # --- malformed X-Forwarded-* -> 400 (or what Waitress does)
@@ -230,16 +238,20 @@ CASES = [
     ("x-host-bad-quote", TRUST_X, [("X-Forwarded-Host", 'public.example"')]),
     ("x-for-empty-address", TRUST_X, [("X-Forwarded-For", ":1.2")]),
     # --- '*' with count 2
-    ("any2-for-three", TRUST_X_ANY_2, [("X-Forwarded-For", "192.0.2.1, 198.51.100.2, 203.0.113.3")]),
+    ("any2-for-three", TRUST_X_ANY_2,
+     [("X-Forwarded-For", "192.0.2.1, 198.51.100.2, 203.0.113.3")]),
     ("any2-for-one", TRUST_X_ANY_2, [("X-Forwarded-For", "192.0.2.1")]),
-    ("any2-host-list", TRUST_X_ANY_2, [("X-Forwarded-Host", "a.example, b.example:81, c.example"), ("X-Forwarded-Proto", "https")]),
+    ("any2-host-list", TRUST_X_ANY_2,
+     [("X-Forwarded-Host", "a.example, b.example:81, c.example"), ("X-Forwarded-Proto", "https")]),
     ("any2-all", TRUST_X_ANY_2, XFH_ALL),
     # --- Forwarded
     ("fwd-for", TRUST_FWD, [("Forwarded", "for=192.0.2.60")]),
-    ("fwd-all-params", TRUST_FWD, [("Forwarded", 'for=192.0.2.60;proto=https;by=203.0.113.43;host="Public.Example:8443"')]),
+    ("fwd-all-params", TRUST_FWD,
+     [("Forwarded", 'for=192.0.2.60;proto=https;by=203.0.113.43;host="Public.Example:8443"')]),
     ("fwd-quoted-ipv6", TRUST_FWD, [("Forwarded", 'for="[2001:db8:cafe::17]:4711";proto=http')]),
     ("fwd-ipv6-no-port", TRUST_FWD, [("Forwarded", 'For="[2001:db8:cafe::17]";Host=h.example')]),
-    ("fwd-list-count1", TRUST_FWD, [("Forwarded", "for=192.0.2.43;host=a.example, for=198.51.100.17;proto=https")]),
+    ("fwd-list-count1", TRUST_FWD,
+     [("Forwarded", "for=192.0.2.43;host=a.example, for=198.51.100.17;proto=https")]),
     ("fwd-escaped", TRUST_FWD, [("Forwarded", r'for="\"x\"";host="h\.example"')]),
     ("fwd-unknown-token", TRUST_FWD, [("Forwarded", "for=192.0.2.5;secret=abc")]),
     ("fwd-trailing-semicolon", TRUST_FWD, [("Forwarded", "for=192.0.2.5;")]),
@@ -251,7 +263,9 @@ CASES = [
     ("fwd-bad-proto", TRUST_FWD, [("Forwarded", "proto=ftp")]),
     ("fwd-bad-quote", TRUST_FWD, [("Forwarded", 'for="192.0.2.5')]),
     ("fwd-empty-address", TRUST_FWD, [("Forwarded", "for=:80")]),
-    ("fwd3-oldest-wins", TRUST_FWD_3, [("Forwarded", "for=10.0.0.1;host=old.example;proto=https, for=10.0.0.2;host=mid.example, for=10.0.0.3, for=10.0.0.4;proto=http")]),
+    ("fwd3-oldest-wins", TRUST_FWD_3,
+     [("Forwarded", "for=10.0.0.1;host=old.example;proto=https, for=10.0.0.2;host=mid.example, "
+                    "for=10.0.0.3, for=10.0.0.4;proto=http")]),
     ("fwd3-two", TRUST_FWD_3, [("Forwarded", "for=10.0.0.1, host=x.example:444")]),
     # --- untrusted peer
     ("other-clear", OTHER_PROXY, XFH_ALL),
@@ -260,8 +274,10 @@ CASES = [
     # --- partly trusted header sets
     ("for-by-clear", FOR_BY, XFH_ALL),
     ("for-by-keep", FOR_BY_KEEP, XFH_ALL),
-    ("https-server-host", HTTPS_SERVER, [("X-Forwarded-Host", "public.example"), ("X-Forwarded-Port", "443")]),
-    ("https-server-port80", HTTPS_SERVER, [("X-Forwarded-Host", "public.example"), ("X-Forwarded-Port", "80")]),
+    ("https-server-host", HTTPS_SERVER,
+     [("X-Forwarded-Host", "public.example"), ("X-Forwarded-Port", "443")]),
+    ("https-server-port80", HTTPS_SERVER,
+     [("X-Forwarded-Host", "public.example"), ("X-Forwarded-Port", "80")]),
     # --- no trusted proxy at all (the core clears, or keeps)
     ("none-clear", NO_PROXY, XFH_ALL),
     ("none-keep", NO_PROXY_KEEP, XFH_ALL),
@@ -296,18 +312,22 @@ def test_ident_keyword():
         )
         body = b"".join(
             wrapped({"REMOTE_ADDR": "1.2.3.4", "HTTP_X_FORWARDED_PORT": "1,2"},
-                    lambda status, headers: started.append((status, headers)))
+                    lambda status, headers, started=started: started.append((status, headers)))
         )
         assert started == [("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])]
         assert body.endswith(b"\r\n\r\n(generated by " + tag + b")")
 
 
+@pytest.mark.unix_sockets
 def test_unix_socket_localhost_proxy():
-    settings = dict(trusted_proxy="localhost", trusted_proxy_headers="x-forwarded-for x-forwarded-proto")
+    settings = dict(trusted_proxy="localhost",
+                    trusted_proxy_headers="x-forwarded-for x-forwarded-proto")
     with tempfile.TemporaryDirectory() as tmp:
         pair = _start_pair(settings, unix_dir=tmp)
         try:
-            got = compare(pair, [("X-Forwarded-For", "192.0.2.8:1234"), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "dropped")])
+            got = compare(pair, [("X-Forwarded-For", "192.0.2.8:1234"),
+                                 ("X-Forwarded-Proto", "https"),
+                                 ("X-Forwarded-Host", "dropped")])
             assert got[2]["REMOTE_ADDR"] == "192.0.2.8"
             assert got[2]["wsgi.url_scheme"] == "https"
         finally:
@@ -316,7 +336,8 @@ def test_unix_socket_localhost_proxy():
 
 
 def _messages(caplog, name):
-    return [r.getMessage() for r in caplog.records if r.name == name and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records
+            if r.name == name and r.levelno == logging.WARNING]
 
 
 def _canonical(message):
@@ -329,8 +350,10 @@ def _canonical(message):
 
 
 LOG_CASES = [
-    (dict(trusted_proxy="127.0.0.1", trusted_proxy_headers="x-forwarded-for", log_untrusted_proxy_headers=True),
-     [("X-Forwarded-For", "192.0.2.1"), ("X-Forwarded-Host", "h.example"), ("X-Forwarded-Proto", "https")],
+    (dict(trusted_proxy="127.0.0.1", trusted_proxy_headers="x-forwarded-for",
+          log_untrusted_proxy_headers=True),
+     [("X-Forwarded-For", "192.0.2.1"), ("X-Forwarded-Host", "h.example"),
+      ("X-Forwarded-Proto", "https")],
      "Removed untrusted headers (X-Forwarded-Host, X-Forwarded-Proto). "
      "Waitress recommends these be removed upstream."),
     (dict(log_untrusted_proxy_headers=True),
@@ -346,7 +369,8 @@ LOG_CASES = [
      "Unknown Forwarded token: secret"),
     (TRUST_FWD,
      [("Forwarded", "proto=gopher")],
-     'Malformed proxy header "Forwarded Proto=" from "127.0.0.1": unsupported proto value value: gopher'),
+     'Malformed proxy header "Forwarded Proto=" from "127.0.0.1": '
+     "unsupported proto value value: gopher"),
 ]
 
 
@@ -411,7 +435,7 @@ def test_middleware_direct(trusted, count, headers, extra, peer, clear):
     ):
         seen = {}
 
-        def app(environ, start_response):
+        def app(environ, start_response, seen=seen):
             seen.update(environ)
             start_response("200 OK", [])
             return [b""]
@@ -421,7 +445,7 @@ def test_middleware_direct(trusted, count, headers, extra, peer, clear):
         wrapped = factory(app, trusted_proxy=trusted, trusted_proxy_count=count,
                           trusted_proxy_headers=headers, clear_untrusted=clear,
                           logger=logging.getLogger("test.proxy"))
-        body = b"".join(wrapped(environ, lambda s, h: status.append((s, h))))
+        body = b"".join(wrapped(environ, lambda s, h, status=status: status.append((s, h))))
         assert body.endswith(b"(generated by " + ident_tag + b")") or status[0][0] == "200 OK"
         results.append((status, TAG_RE.sub(b"", body), seen))
     assert results[0] == results[1]

@@ -51,13 +51,15 @@ def test_allow_missing_host_relaxes_only_that_rule(recorded):
     assert resp.status == 200
     assert rec.paths == ["/nohost"]
     # Two Host lines are still refused.
-    refused(exchange(addr, b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"), "Host header is repeated")
+    two = b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"
+    refused(exchange(addr, two), "Host header is repeated")
 
 
 def test_two_host_lines_are_refused(recorded):
     addr, rec = recorded()
-    refused(exchange(addr, b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"), "Host header is repeated")
-    refused(exchange(addr, b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"), "Host header is repeated")
+    for data in (b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+                 b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"):
+        refused(exchange(addr, data), "Host header is repeated")
     assert rec.paths == []
 
 
@@ -122,8 +124,8 @@ def test_raw_non_ascii_targets_are_refused(recorded, target):
 def test_chunk_extensions_may_have_whitespace(serve_app, ext):
     addr = serve_app(apps.echo_body)
     body = b"5" + ext + b"\r\nhello\r\n0" + ext + b"\r\n\r\n"
-    data = request("POST", "/c", headers=[("Transfer-Encoding", "chunked"), ("Connection", "close")],
-                   body=body)
+    headers = [("Transfer-Encoding", "chunked"), ("Connection", "close")]
+    data = request("POST", "/c", headers=headers, body=body)
     resp = exchange(addr, data)
     assert resp.status == 200, resp
     assert resp.body == b"hello"

@@ -4,18 +4,17 @@ import http.client
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 import rswaitress
+from helpers import WAIT
+from procs import free_port, wait_listening
 from rswaitress import adjustments, runner
-
 
 APP_SOURCE = textwrap.dedent(
     """
@@ -342,37 +341,19 @@ def test_cli_invalid_setting_fails():
 # ------------------------------------------------ against the real server
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _stop(proc):
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=WAIT)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, getattr(signal, "SIGKILL", signal.SIGTERM))
-            proc.wait(timeout=10)
+            proc.wait(timeout=WAIT)
 
 
-def _wait_listening(proc, port, deadline=20.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            proc.log.flush()
-            pytest.fail(
-                f"server exited with {proc.returncode}: "
-                + Path(proc.log.name).read_text(errors="replace")
-            )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail("server did not start listening")
+def _log_text(log):
+    log.flush()
+    return Path(log.name).read_text(errors="replace")
 
 
 @pytest.fixture
@@ -384,7 +365,7 @@ def served(tmp_path):
     procs = []
 
     def start(*options, listen=True):
-        port = _free_port()
+        port = free_port()
         address = [f"--listen=127.0.0.1:{port}"] if listen else [
             "--host=127.0.0.1", f"--port={port}"
         ]
@@ -400,7 +381,7 @@ def served(tmp_path):
         )
         proc.log = log
         procs.append(proc)
-        _wait_listening(proc, port)
+        wait_listening(port, proc, lambda: _log_text(log))
         return port
 
     yield start
@@ -410,7 +391,7 @@ def served(tmp_path):
 
 
 def _get(port, path):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
     try:
         conn.request("GET", path)
         response = conn.getresponse()

@@ -441,7 +441,9 @@ class Adjustments:
 
         if "send_bytes" in kw:
             warnings.warn(
-                "send_bytes will be removed in a future release", DeprecationWarning
+                "send_bytes will be removed in a future release",
+                DeprecationWarning,
+                stacklevel=1,  # the default, as in Waitress
             )
 
         # Instance copies of the mutable defaults.
@@ -454,7 +456,7 @@ class Adjustments:
         for name, value in kw.items():
             known = SETTINGS_BY_NAME.get(name)
             if known is None:
-                raise ValueError("Unknown adjustment %r" % (name,))
+                raise ValueError(f"Unknown adjustment {name!r}")
             setattr(self, name, known.convert(value))
 
         # ``listen`` holds the host:port text entries until they are resolved here.
@@ -492,9 +494,10 @@ class Adjustments:
                 # Waitress lists both sets in hash order, which changes from
                 # run to run; sorted order is one of those orders, and stable.
                 raise ValueError(
-                    "Received unknown trusted_proxy_headers value (%s) expected "
-                    "one of %s"
-                    % (", ".join(sorted(unknown)), ", ".join(sorted(KNOWN_PROXY_HEADERS)))
+                    "Received unknown trusted_proxy_headers value ({}) expected "
+                    "one of {}".format(
+                        ", ".join(sorted(unknown)), ", ".join(sorted(KNOWN_PROXY_HEADERS))
+                    )
                 )
             if "forwarded" in headers and len(headers) > 1:
                 raise ValueError(
@@ -510,6 +513,7 @@ class Adjustments:
                 "Implicitly trusting X-Forwarded-Proto for backwards compatibility. "
                 "This will be removed in future versions of waitress.",
                 DeprecationWarning,
+                stacklevel=1,  # the default, as in Waitress
             )
             self.trusted_proxy_headers = {"x-forwarded-proto"}
 

@@ -235,8 +235,8 @@ class BaseWSGIServer:
             self._core = _core.Server(
                 _wrap_application(application, adj),
                 [
-                    (l.socket.fileno(), str(l.effective_port), l.is_unix)
-                    for l in listening
+                    (each.socket.fileno(), str(each.effective_port), each.is_unix)
+                    for each in listening
                 ],
                 adj,
             )
@@ -259,7 +259,7 @@ class BaseWSGIServer:
 
     @property
     def effective_listen(self) -> list[tuple[str, str]]:
-        return [(l.effective_host, l.effective_port) for l in self._listening]
+        return [(each.effective_host, each.effective_port) for each in self._listening]
 
     @property
     def family(self) -> AddressFamily:
@@ -354,8 +354,8 @@ class BaseWSGIServer:
         if self._closed:
             return
         self._closed = True
-        for l in self._listening:
-            l.socket.close()
+        for each in self._listening:
+            each.socket.close()
 
 
 def _adjustments(adj: Adjustments | None, kw: ServerOptions) -> Adjustments:
@@ -441,8 +441,8 @@ def create_server(
             for sockinfo in adj.listen:
                 listening.append(_tcp_listening(sockinfo, adj))
     except BaseException:
-        for l in listening:
-            l.socket.close()
+        for each in listening:
+            each.socket.close()
         raise
     if len(listening) == 1:
         cls = UnixWSGIServer if listening[0].is_unix else TcpWSGIServer

@@ -297,7 +297,8 @@ def markdown(args, env, rss, ab, rows, ok, server_stderr):
         for n, kib in rss["curve"]:
             md.append(f"| {n:,d} | {kib:,d} | {kib - rss['rss_warm_kib']:+,d} |")
         md += ["", "wrk runs:", "", "| phase | endpoint | requests | seconds | req/s | "
-               "stopped at count | wrong | socket errors |", "|---|---|---:|---:|---:|---|---:|---:|"]
+               "stopped at count | wrong | socket errors |",
+               "|---|---|---:|---:|---:|---|---:|---:|"]
         for r in rss["runs"]:
             md.append(f"| {r['phase']} | {'POST /echo' if r['mode'] == 'echo' else 'GET /'} "
                       f"| {r['requests']:,d} | {r['seconds']:.2f} | "
