@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from rswaitress import create_server, serve
 from rswaitress.adjustments import Adjustments

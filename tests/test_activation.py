@@ -22,9 +22,8 @@ import pytest
 from rawhttp import RawClient, request
 from test_smoke import Child
 
-pytestmark = pytest.mark.skipif(
-    sys.platform == "win32", reason="socket activation passes POSIX descriptors"
-)
+# Socket activation passes descriptors to a child process.
+pytestmark = pytest.mark.posix
 
 #: Moves the descriptors named in the spec to 3.., sets the activation variables (as
 #: systemd does: LISTEN_PID is the pid of the process that will serve), then applies
@@ -153,13 +152,14 @@ def _stop(s):
     assert "Traceback" not in s.text(), s.text()
 
 
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("launcher", ["rswaitress-serve", "serve()"])
 def test_inherited_tcp_socket_is_served(spawn, app_dir, launcher):
     listener = _tcp_listener()
     port = listener.getsockname()[1]
     argv = _cli("--threads=2") if launcher == "rswaitress-serve" else _serve_script(app_dir)
     s = spawn(argv, [listener.fileno()])
-    line = s.wait_for_line(lambda l: "Serving on http://" in l)
+    line = s.wait_for_line(lambda line: "Serving on http://" in line)
     # The inherited socket is served, not the default 0.0.0.0:8080.
     assert line.endswith(f"Serving on http://127.0.0.1:{port}"), line
     listener.close()  # only the child holds it now
@@ -172,13 +172,15 @@ def test_inherited_tcp_socket_is_served(spawn, app_dir, launcher):
     _stop(s)
 
 
+@pytest.mark.unix_sockets
+@pytest.mark.posix_signals
 @pytest.mark.parametrize("launcher", ["rswaitress-serve", "serve()"])
 def test_inherited_unix_socket_is_served(spawn, app_dir, tmp_path, launcher):
     path = tmp_path / "act.sock"
     listener = _unix_listener(path)
     argv = _cli() if launcher == "rswaitress-serve" else _serve_script(app_dir)
     s = spawn(argv, [listener.fileno()])
-    line = s.wait_for_line(lambda l: "Serving on http://" in l)
+    line = s.wait_for_line(lambda line: "Serving on http://" in line)
     assert line.endswith(f"Serving on http://unix:{path}"), line
     listener.close()
     seen = _get_json(str(path))
@@ -187,12 +189,13 @@ def test_inherited_unix_socket_is_served(spawn, app_dir, tmp_path, launcher):
     _stop(s)
 
 
+@pytest.mark.posix_signals
 def test_two_inherited_sockets_are_both_served(spawn):
     first, second = _tcp_listener(), _tcp_listener()
     ports = [first.getsockname()[1], second.getsockname()[1]]
     s = spawn(_cli(), [first.fileno(), second.fileno()])
-    lines = [s.wait_for_line(lambda l: "Serving on http://" in l) for _ in ports]
-    assert sorted(int(l.rsplit(":", 1)[1]) for l in lines) == sorted(ports)
+    lines = [s.wait_for_line(lambda line: "Serving on http://" in line) for _ in ports]
+    assert sorted(int(line.rsplit(":", 1)[1]) for line in lines) == sorted(ports)
     for port in ports:
         assert _get_json(("127.0.0.1", port))["pid"] == s.pid
     first.close()
@@ -200,10 +203,11 @@ def test_two_inherited_sockets_are_both_served(spawn):
     _stop(s)
 
 
+@pytest.mark.posix_signals
 def test_an_address_argument_wins_over_inherited_sockets(spawn):
     listener = _tcp_listener()
     s = spawn(_cli("--listen=127.0.0.1:0"), [listener.fileno()])
-    line = s.wait_for_line(lambda l: "Serving on http://" in l)
+    line = s.wait_for_line(lambda line: "Serving on http://" in line)
     port = int(line.rsplit(":", 1)[1])
     assert port != listener.getsockname()[1]
     seen = _get_json(("127.0.0.1", port))
@@ -213,6 +217,8 @@ def test_an_address_argument_wins_over_inherited_sockets(spawn):
     _stop(s)
 
 
+@pytest.mark.unix_sockets
+@pytest.mark.posix_signals
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
                     reason="systemd-socket-activate is not installed")
 def test_systemd_socket_activate_starts_the_cli(app_dir, tmp_path):
@@ -222,11 +228,11 @@ def test_systemd_socket_activate_starts_the_cli(app_dir, tmp_path):
     s = Child(["systemd-socket-activate", "-l", str(path), sys.executable, "-m",
                "rswaitress", "actapp:app"], cwd=str(app_dir))
     try:
-        s.wait_for_line(lambda l: "Listening on" in l, "stderr")
+        s.wait_for_line(lambda line: "Listening on" in line)
         # The tool starts the server on the first connection, then hands it the socket.
         seen = _get_json(str(path))
         assert seen["env"]["LISTEN_FDS"] is None
-        s.wait_for_line(lambda l: f"Serving on http://unix:{path}" in l, "stderr")
+        s.wait_for_line(lambda line: f"Serving on http://unix:{path}" in line)
         assert _get_json(str(path))["pid"] == seen["pid"]
         os.kill(seen["pid"], signal.SIGTERM)
         assert s.wait_exit() == 0
@@ -244,6 +250,7 @@ def _probe(spawn, fds, env=None):
     return json.loads(s.text("stdout"))
 
 
+@pytest.mark.unix_sockets
 def test_listen_fds_takes_listening_sockets(spawn, tmp_path):
     tcp, unix = _tcp_listener(), _unix_listener(tmp_path / "u.sock")
     out = _probe(spawn, [tcp.fileno(), unix.fileno()])
@@ -341,7 +348,9 @@ def test_serve_raises_a_clear_error_for_a_broken_activation(spawn, app_dir):
     """)
     s = spawn([sys.executable, "-c", code, str(app_dir)], [], {"LISTEN_FDS": "many"})
     assert s.wait_exit() == 0
-    assert s.text("stdout") == "ActivationError: LISTEN_FDS='many' is not a number of file descriptors"
+    assert s.text("stdout") == (
+        "ActivationError: LISTEN_FDS='many' is not a number of file descriptors"
+    )
 
 
 def test_no_activation_variables_means_no_sockets(monkeypatch):
@@ -409,6 +418,8 @@ def test_example_units_pass_systemd_analyze_verify(tmp_path):
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
 
 
+@pytest.mark.unix_sockets
+@pytest.mark.posix_signals
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
                     reason="systemd-socket-activate is not installed")
 def test_service_command_serves_the_socket_systemd_passes(tmp_path):
@@ -418,7 +429,7 @@ def test_service_command_serves_the_socket_systemd_passes(tmp_path):
     path = tmp_path / "unit.sock"
     s = Child(["systemd-socket-activate", "-l", str(path)] + argv, cwd=str(tmp_path))
     try:
-        s.wait_for_line(lambda l: "Listening on" in l)
+        s.wait_for_line(lambda line: "Listening on" in line)
         seen = _get_json(str(path))
         assert seen["env"]["LISTEN_FDS"] is None
         os.kill(seen["pid"], signal.SIGTERM)  # what systemctl stop sends

@@ -14,7 +14,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -24,10 +23,7 @@ import threading
 import pytest
 
 import rswaitress
-
-#: Upper bound for one wait on a child or a socket (a limit against hangs, not a speed
-#: requirement).
-WAIT = 15.0
+from helpers import WAIT  # a guard against a hang, not a speed requirement
 
 
 class Child:
@@ -87,7 +83,7 @@ class Child:
 
     def text(self, stream="stderr"):
         with self._changed:
-            return "\n".join(l for l in self.lines[stream] if l is not None)
+            return "\n".join(line for line in self.lines[stream] if line is not None)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -98,7 +94,7 @@ class Child:
 
 
 def serving_port(child):
-    line = child.wait_for_line(lambda l: "Serving on http://" in l)
+    line = child.wait_for_line(lambda line: "Serving on http://" in line)
     return int(line.rsplit(":", 1)[1])
 
 
@@ -346,7 +342,7 @@ def drain_in_flight(c, env, server_pid, port):
     assert "Traceback" not in c.text(), c.text()
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.posix_signals
 def test_cli_sigterm_finishes_in_flight_request(children, cli_app):
     """rswaitress-serve run as the example Dockerfile's exec-form ENTRYPOINT runs it:
     the console script itself is the process that `docker stop` signals."""
@@ -367,6 +363,8 @@ def _pid_namespaces_usable():
     return probe.returncode == 0
 
 
+@pytest.mark.posix_signals
+@pytest.mark.procfs
 @pytest.mark.skipif(not _pid_namespaces_usable(), reason="needs unshare --pid (Linux, root)")
 def test_cli_as_pid_1_sigterm_finishes_in_flight_request(children, cli_app):
     """As in a container: rswaitress-serve is PID 1 of its own PID namespace, where the

@@ -8,7 +8,8 @@ are ``rswaitress.types.ServerOptions``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Mapping, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import socket

@@ -20,7 +20,8 @@ import getopt
 import platform
 import socket
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Tuple, Union, cast
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Union, cast
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -29,10 +30,10 @@ if TYPE_CHECKING:
 
 #: A socket address as getaddrinfo() gives it for TCP: ``(host, port)`` for IPv4,
 #: ``(host, port, flowinfo, scope_id)`` for IPv6.
-SockAddr = Union[Tuple[str, int], Tuple[str, int, int, int]]
+SockAddr = Union[tuple[str, int], tuple[str, int, int, int]]
 
 #: One resolved ``listen`` entry: ``(family, socktype, proto, sockaddr)``.
-ListenAddress = Tuple[socket.AddressFamily, socket.SocketKind, int, SockAddr]
+ListenAddress = tuple[socket.AddressFamily, socket.SocketKind, int, SockAddr]
 
 # --------------------------------------------------------------------------
 # Platform facts

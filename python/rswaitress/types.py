@@ -8,9 +8,10 @@ arguments of ``serve()`` / ``create_server()`` ahead of time::
     serve(app, **options)
 
 ``ServerOptions`` lists every Waitress 3.0.2 adjustment (and rswaitress's own
-additions) with the types it accepts as input: the native value, or the text a PasteDeploy ``.ini`` file or a command line
-gives (``port="8080"``, ``expose_tracebacks="yes"``). What the server keeps after
-conversion is described by the attributes of ``rswaitress.adjustments.Adjustments``.
+additions) with the types it accepts as input: the native value, or the text a
+PasteDeploy ``.ini`` file or a command line gives (``port="8080"``,
+``expose_tracebacks="yes"``). What the server keeps after conversion is described by the
+attributes of ``rswaitress.adjustments.Adjustments``.
 
 Nothing here costs anything at run time: this module only defines a ``TypedDict``.
 """
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Iterable, TypedDict
+from collections.abc import Iterable
+from typing import TypedDict
 
 __all__ = ["ServerOptions"]
 
