@@ -14,11 +14,26 @@ The one intentional difference is the default of ``ident`` (the ``Server:``
 response header), which names this server instead of Waitress.
 """
 
+from __future__ import annotations
+
 import getopt
 import platform
 import socket
 import warnings
-from typing import Any, Callable, NamedTuple
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Union, cast
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from rswaitress.types import ServerOptions
+
+#: A socket address as getaddrinfo() gives it for TCP: ``(host, port)`` for IPv4,
+#: ``(host, port, flowinfo, scope_id)`` for IPv6.
+SockAddr = Union[tuple[str, int], tuple[str, int, int, int]]
+
+#: One resolved ``listen`` entry: ``(family, socktype, proto, sockaddr)``.
+ListenAddress = tuple[socket.AddressFamily, socket.SocketKind, int, SockAddr]
 
 # --------------------------------------------------------------------------
 # Platform facts
@@ -50,7 +65,7 @@ IPV6_AVAILABLE = bool(socket.has_ipv6) and (
 TRUE_WORDS = frozenset({"1", "t", "true", "y", "yes", "on"})
 
 
-def to_bool(value):
+def to_bool(value: object) -> bool:
     """Interpret a flag.  ``None`` is off, real booleans pass through, and
     anything else is compared (as stripped, lower-cased text) with
     :data:`TRUE_WORDS`."""
@@ -61,7 +76,7 @@ def to_bool(value):
     return str(value).strip().lower() in TRUE_WORDS
 
 
-def to_octal(value):
+def to_octal(value: str) -> int:
     """Read Unix permission bits written in octal, e.g. ``"600"``.
 
     Only text is accepted (``int(value, 8)``): Waitress raises ``TypeError``
@@ -70,7 +85,7 @@ def to_octal(value):
     return int(value, 8)
 
 
-def to_lines(value):
+def to_lines(value: str | Iterable[str]) -> list[str]:
     """Split text into its non-blank, stripped lines; other iterables are
     just turned into a list."""
     if isinstance(value, str):
@@ -78,7 +93,7 @@ def to_lines(value):
     return list(value)
 
 
-def to_list(value):
+def to_list(value: str | Iterable[str]) -> list[str]:
     """Split text on any whitespace (spaces or newlines, as an ``.ini`` value
     spanning several lines has).  An iterable's items are split the same way,
     so ``["a b", "c"]`` also gives three words."""
@@ -88,12 +103,12 @@ def to_list(value):
     return words
 
 
-def to_set(value):
+def to_set(value: str | Iterable[str]) -> set[str]:
     """Like :func:`to_list`, without order or duplicates."""
     return set(to_list(value))
 
 
-def to_url_prefix(value):
+def to_url_prefix(value: str) -> str:
     """Normalise a ``SCRIPT_NAME`` prefix: empty stays empty, anything else
     gets exactly one leading slash and no trailing slash (``"app/"`` and
     ``"//app"`` both become ``"/app"``; ``"/"`` stays ``"/"``)."""
@@ -103,7 +118,7 @@ def to_url_prefix(value):
     return "/" + value.strip("/")
 
 
-def to_optional_str(value):
+def to_optional_str(value: object) -> str | None:
     """Text, or ``None`` for any false-ish value such as ``""`` -- that is how
     an empty ``ident =`` line in an ``.ini`` file turns the header off."""
     if not value:
@@ -111,7 +126,7 @@ def to_optional_str(value):
     return str(value)
 
 
-def only_sockets(value):
+def only_sockets(value: Iterable[object]) -> list[socket.socket]:
     """Keep the items that are real ``socket.socket`` objects; anything else
     (e.g. the text a config file would give) is dropped without error."""
     return [item for item in value if isinstance(item, socket.socket)]
@@ -270,7 +285,7 @@ _RUNNER_FLAGS = ("help", "call")
 _RUNNER_VALUE_OPTIONS = ("app",)
 
 
-def _copy_default(value):
+def _copy_default(value: Any) -> Any:
     # Mutable defaults are copied so that one instance can never change
     # another's (or the class's) list or set.
     if isinstance(value, (list, set)):
@@ -278,10 +293,11 @@ def _copy_default(value):
     return value
 
 
-def _split_listen_entry(entry, default_port):
+def _split_listen_entry(entry: str, default_port: int | str) -> tuple[str | None, str]:
     """Split ``host:port`` into its parts.  ``[v6]:port`` and bare hosts are
     understood; a bare host (or a bracketed IPv6 address with no port) gets
     ``default_port``.  ``*`` becomes ``None``, i.e. every local address."""
+    host: str | None
     host, sep, port = entry.rpartition(":")
     if not sep or "]" in port:
         # No colon at all, or the last colon was inside "[...]".
@@ -293,7 +309,7 @@ def _split_listen_entry(entry, default_port):
     return host, port
 
 
-def _port_for(port):
+def _port_for(port: str) -> str | int:
     # Windows' getaddrinfo() cannot resolve service names such as "http".
     if not ON_WINDOWS:
         return port
@@ -305,7 +321,9 @@ def _port_for(port):
         ) from None
 
 
-def resolve_listen(entries, default_port, family):
+def resolve_listen(
+    entries: Iterable[str], default_port: int | str, family: int
+) -> list[ListenAddress]:
     """Resolve listen entries into the ``(family, socktype, proto, sockaddr)``
     tuples the server binds, in order.
 
@@ -314,9 +332,10 @@ def resolve_listen(entries, default_port, family):
     second bind() fail, so an address/port pair that was already seen -- with
     any ``%zone`` suffix ignored -- is skipped.  Port 0 is never treated as a
     duplicate: every ``:0`` entry asks for its own ephemeral port."""
-    resolved = []
-    seen = set()
+    resolved: list[ListenAddress] = []
+    seen: set[tuple[str, int]] = set()
     for entry in entries:
+        port: str | int
         host, port = _split_listen_entry(entry, default_port)
         port = _port_for(port)
         try:
@@ -330,7 +349,8 @@ def resolve_listen(entries, default_port, family):
             )
         except Exception as exc:
             raise ValueError("Invalid host/port specified.") from exc
-        for fam, socktype, proto, _canonname, sockaddr in infos:
+        for fam, socktype, proto, _canonname, found in infos:
+            sockaddr = cast(SockAddr, found)  # SOCK_STREAM over IPv4 or IPv6
             key = (sockaddr[0].partition("%")[0], sockaddr[1])
             if sockaddr[1] != 0 and key in seen:
                 continue
@@ -339,7 +359,7 @@ def resolve_listen(entries, default_port, family):
     return resolved
 
 
-def _family_filter(ipv4, ipv6):
+def _family_filter(ipv4: bool, ipv6: bool) -> socket.AddressFamily:
     """The address family getaddrinfo() is restricted to.
 
     Note that turning *both* off restricts nothing (AF_UNSPEC), exactly as in
@@ -367,13 +387,53 @@ class Adjustments:
     header names.
     """
 
+    # The settings as an instance holds them after conversion (the class holds the
+    # defaults, set from SETTINGS below the class; there ``listen`` is the unresolved
+    # ``["0.0.0.0:8080"]`` and ``trusted_proxy_count`` is None).
+    host: str
+    port: int
+    ipv4: bool
+    ipv6: bool
+    listen: list[ListenAddress]
+    threads: int
+    trusted_proxy: str | None
+    trusted_proxy_count: int
+    trusted_proxy_headers: set[str]
+    log_untrusted_proxy_headers: bool
+    clear_untrusted_proxy_headers: bool
+    url_scheme: str
+    url_prefix: str
+    backlog: int
+    recv_bytes: int
+    send_bytes: int
+    outbuf_overflow: int
+    outbuf_high_watermark: int
+    inbuf_overflow: int
+    connection_limit: int
+    cleanup_interval: int
+    channel_timeout: int
+    log_socket_errors: bool
+    max_request_header_size: int
+    max_request_body_size: int
+    expose_tracebacks: bool
+    ident: str | None
+    asyncore_loop_timeout: int
+    asyncore_use_poll: bool
+    unix_socket: str | None
+    unix_socket_perms: int
+    sockets: list[socket.socket]
+    channel_request_lookahead: int
+    server_name: str
+    allow_missing_host: bool
+    graceful_timeout: float
+
     #: Options set on every accepted connection: (level, option, value).
     #: Nagle's algorithm is disabled because responses are already buffered.
-    socket_options = [
+    socket_options: list[tuple[int, int, int]] = [
         (getattr(socket, "SOL_TCP", socket.IPPROTO_TCP), socket.TCP_NODELAY, 1),
     ]
 
-    def __init__(self, **kw):
+    def __init__(self, **kw: Unpack[ServerOptions]) -> None:
         for present, others, message in _CONFLICTS:
             if any(name in kw for name in present) and any(
                 name in kw for name in others
@@ -395,23 +455,25 @@ class Adjustments:
         # Convert in the caller's order, so that with several bad values the
         # first one is reported -- as Waitress does.
         for name, value in kw.items():
-            setting = SETTINGS_BY_NAME.get(name)
-            if setting is None:
+            known = SETTINGS_BY_NAME.get(name)
+            if known is None:
                 raise ValueError(f"Unknown adjustment {name!r}")
-            setattr(self, name, setting.convert(value))
+            setattr(self, name, known.convert(value))
 
+        # ``listen`` holds the host:port text entries until they are resolved here.
+        entries = cast("list[str]", self.listen)
         if "host" in kw or "port" in kw:
-            self.listen = [f"{self.host}:{self.port}"]
+            entries = [f"{self.host}:{self.port}"]
 
         family = _family_filter(self.ipv4, self.ipv6)
-        resolved = resolve_listen(self.listen, self.port, family)
+        resolved = resolve_listen(entries, self.port, family)
 
         self._check_proxy_settings()
 
         self.listen = resolved
         self.check_sockets(self.sockets)
 
-    def _check_proxy_settings(self):
+    def _check_proxy_settings(self) -> None:
         if self.trusted_proxy_count is not None and self.trusted_proxy is None:
             raise ValueError(
                 "trusted_proxy_count has no meaning without setting trusted_proxy"
@@ -457,7 +519,7 @@ class Adjustments:
             self.trusted_proxy_headers = {"x-forwarded-proto"}
 
     @classmethod
-    def parse_args(cls, argv):
+    def parse_args(cls, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
         """Turn command line arguments into ``(kw, args)``.
 
         ``kw`` maps setting names to the *raw strings* given (flags become
@@ -480,7 +542,7 @@ class Adjustments:
             else:
                 long_options.append(option + "=")
 
-        kw = {flag: False for flag in _RUNNER_FLAGS}
+        kw: dict[str, Any] = {flag: False for flag in _RUNNER_FLAGS}
         options, args = getopt.getopt(argv, "", long_options)
         for option, value in options:
             name = option[2:].replace("-", "_")
@@ -497,7 +559,7 @@ class Adjustments:
         return kw, args
 
     @classmethod
-    def check_sockets(cls, sockets):
+    def check_sockets(cls, sockets: Iterable[socket.socket]) -> None:
         """Reject a ``sockets`` list the server could not serve: stream
         sockets only, and either all Internet or all Unix."""
         unix_family = getattr(socket, "AF_UNIX", None)

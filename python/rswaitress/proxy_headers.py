@@ -12,8 +12,15 @@ Only the headers the settings trust are ever read; everything else the proxy sen
 left as the client sent it, apart from the clearing above.
 """
 
+from __future__ import annotations
+
 import logging
 import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["proxy_headers_middleware", "MalformedProxyHeader", "PROXY_HEADERS"]
 
@@ -47,14 +54,14 @@ _MULTIPLE_VALUES = "Unspecified behavior for multiple values found in header"
 class MalformedProxyHeader(Exception):
     """A trusted proxy header whose value cannot be used; answered with a 400."""
 
-    def __init__(self, header, reason, value):
+    def __init__(self, header: str, reason: str, value: str) -> None:
         super().__init__(header, reason, value)
         self.header = header
         self.reason = reason
         self.value = value
 
 
-def _unquote(text):
+def _unquote(text: str) -> str:
     """``text`` without its surrounding double quotes and with quoted-pairs resolved;
     unquoted text is returned as it is. Half-quoted or badly quoted text is an error."""
     opens = text.startswith('"')
@@ -66,7 +73,7 @@ def _unquote(text):
     raise ValueError("Invalid quoting in value")
 
 
-def _bracket_ipv6(hop):
+def _bracket_ipv6(hop: str) -> str:
     """An X-Forwarded-For hop that looks like a bare IPv6 address (colons, no dots,
     no closing bracket) gets brackets, so that it is not mistaken for host:port."""
     if ":" in hop and "." not in hop and not hop.endswith("]"):
@@ -74,13 +81,15 @@ def _bracket_ipv6(hop):
     return hop
 
 
-def _unbracket(addr):
+def _unbracket(addr: str) -> str:
     if addr[0] == "[" and addr[-1] == "]":
         return addr[1:-1]
     return addr
 
 
-def _trusted_list(environ, key, count, tidy):
+def _trusted_list(
+    environ: WSGIEnvironment, key: str, count: int, tidy: Callable[[str], str]
+) -> str:
     """Reads a comma-separated X-Forwarded-* list: every entry is unquoted (and passed
     through ``tidy``), the last ``count`` are kept, and the environ value is cut down to
     those same entries. Returns the oldest entry kept."""
@@ -91,7 +100,7 @@ def _trusted_list(environ, key, count, tidy):
     return kept[0]
 
 
-def _single_value(environ, key):
+def _single_value(environ: WSGIEnvironment, key: str) -> str:
     """Reads a header that must carry one value (X-Forwarded-Proto/-Port); an absent
     header reads as the empty string."""
     value = _unquote(environ.get(key, ""))
@@ -100,7 +109,7 @@ def _single_value(environ, key):
     return value
 
 
-def _parse_forwarded_element(element, logger):
+def _parse_forwarded_element(element: str, logger: logging.Logger) -> dict[str, str]:
     """One comma-separated element of an RFC 7239 Forwarded header, as a dict of the
     by/for/host/proto parameters it sets (lower-cased, unquoted)."""
     params = {"by": "", "for": "", "host": "", "proto": ""}
@@ -125,8 +134,8 @@ def _parse_forwarded_element(element, logger):
 class _Forwarding:
     """What the trusted proxy headers of one request say."""
 
-    def __init__(self):
-        self.client = None
+    def __init__(self) -> None:
+        self.client: str | None = None
         self.host = ""
         self.proto = ""
         self.port = ""
@@ -134,7 +143,9 @@ class _Forwarding:
         self.untrusted = set(PROXY_HEADERS)
 
 
-def _read_x_forwarded(environ, trusted, count, found):
+def _read_x_forwarded(
+    environ: WSGIEnvironment, trusted: set[str], count: int, found: _Forwarding
+) -> None:
     key = "HTTP_X_FORWARDED_FOR"
     if "x-forwarded-for" in trusted and key in environ:
         try:
@@ -169,7 +180,13 @@ def _read_x_forwarded(environ, trusted, count, found):
         found.untrusted.discard("X_FORWARDED_BY")
 
 
-def _read_forwarded(environ, trusted, count, found, logger):
+def _read_forwarded(
+    environ: WSGIEnvironment,
+    trusted: set[str],
+    count: int,
+    found: _Forwarding,
+    logger: logging.Logger,
+) -> None:
     if "forwarded" not in trusted:
         return
     # Trusting Forwarded means distrusting every X-Forwarded-* header.
@@ -201,7 +218,7 @@ def _read_forwarded(environ, trusted, count, found, logger):
         found.proto = element["proto"] or found.proto
 
 
-def _apply(environ, found):
+def _apply(environ: WSGIEnvironment, found: _Forwarding) -> None:
     """Writes what the proxy headers said into the environ."""
     port = found.port
 
@@ -248,7 +265,12 @@ def _apply(environ, found):
         environ["REMOTE_HOST"] = environ["REMOTE_ADDR"]
 
 
-def parse_proxy_headers(environ, trusted_proxy_count, trusted_proxy_headers, logger=None):
+def parse_proxy_headers(
+    environ: WSGIEnvironment,
+    trusted_proxy_count: int,
+    trusted_proxy_headers: set[str] | None,
+    logger: logging.Logger | None = None,
+) -> set[str]:
     """Applies the trusted proxy headers to ``environ`` and returns the names
     (``X_FORWARDED_FOR`` style) of the proxy headers that remain untrusted.
     Raises MalformedProxyHeader for a value that cannot be used."""
@@ -261,11 +283,16 @@ def parse_proxy_headers(environ, trusted_proxy_count, trusted_proxy_headers, log
     return found.untrusted
 
 
-def _title_case(cgi_name):
+def _title_case(cgi_name: str) -> str:
     return "-".join(part.capitalize() for part in cgi_name.split("_"))
 
 
-def clear_untrusted_headers(environ, untrusted_headers, log_warning=False, logger=None):
+def clear_untrusted_headers(
+    environ: WSGIEnvironment,
+    untrusted_headers: Iterable[str],
+    log_warning: bool = False,
+    logger: logging.Logger | None = None,
+) -> None:
     """Removes the untrusted proxy headers from ``environ``; with ``log_warning``, one
     warning names those that were present."""
     removed = []
@@ -281,7 +308,7 @@ def clear_untrusted_headers(environ, untrusted_headers, log_warning=False, logge
         )
 
 
-def _bad_request(message, ident, start_response):
+def _bad_request(message: str, ident: str, start_response: StartResponse) -> Iterator[bytes]:
     """A Waitress-style plain-text error page, started lazily like Waitress's."""
     body = (
         f"Bad Request\r\n\r\n{message}\r\n\r\n(generated by {ident or 'server'})"
@@ -293,8 +320,17 @@ def _bad_request(message, ident, start_response):
 class ProxyHeadersMiddleware:
     """The WSGI callable ``proxy_headers_middleware`` returns."""
 
-    def __init__(self, app, trusted_proxy, trusted_proxy_count, trusted_proxy_headers,
-                 clear_untrusted, log_untrusted, logger, ident):
+    def __init__(
+        self,
+        app: WSGIApplication,
+        trusted_proxy: str | None,
+        trusted_proxy_count: int,
+        trusted_proxy_headers: set[str] | None,
+        clear_untrusted: bool,
+        log_untrusted: bool,
+        logger: logging.Logger,
+        ident: str,
+    ) -> None:
         self.app = app
         self.trusted_proxy = trusted_proxy
         self.trusted_proxy_count = trusted_proxy_count
@@ -304,12 +340,14 @@ class ProxyHeadersMiddleware:
         self.logger = logger
         self.ident = ident
 
-    def _is_trusted(self, peer):
+    def _is_trusted(self, peer: str) -> bool:
         return self.trusted_proxy == "*" or peer == self.trusted_proxy
 
-    def __call__(self, environ, start_response):
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
         peer = environ["REMOTE_ADDR"]
-        untrusted = PROXY_HEADERS
+        untrusted: Iterable[str] = PROXY_HEADERS
         if self._is_trusted(peer):
             try:
                 untrusted = parse_proxy_headers(
@@ -337,15 +375,15 @@ class ProxyHeadersMiddleware:
 
 
 def proxy_headers_middleware(
-    app,
-    trusted_proxy=None,
-    trusted_proxy_count=1,
-    trusted_proxy_headers=None,
-    clear_untrusted=True,
-    log_untrusted=False,
-    logger=_default_logger,
-    ident="rswaitress",
-):
+    app: WSGIApplication,
+    trusted_proxy: str | None = None,
+    trusted_proxy_count: int = 1,
+    trusted_proxy_headers: set[str] | None = None,
+    clear_untrusted: bool = True,
+    log_untrusted: bool = False,
+    logger: logging.Logger | None = _default_logger,
+    ident: str = "rswaitress",
+) -> WSGIApplication:
     """Wraps ``app`` so that proxy headers from ``trusted_proxy`` (an address, ``*``
     for any peer, or ``localhost`` for Unix-socket peers) are applied to the environ
     and the others removed, as Waitress's middleware of the same name does."""

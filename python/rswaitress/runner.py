@@ -6,12 +6,16 @@ output, so that scripts and service units written for Waitress keep working
 when only the program name changes.
 """
 
+from __future__ import annotations
+
 import getopt
 import logging
 import os
 import pkgutil
 import sys
+from typing import IO, Any, Callable
 
+from rswaitress.activation import ActivationError
 from rswaitress.adjustments import Adjustments
 
 #: The name shown in the usage text when no better one is known, e.g. when
@@ -218,7 +222,7 @@ rswaitress options:
 """
 
 
-def program_name(argv0):
+def program_name(argv0: str | None) -> str:
     """What to call ourselves in the usage text: the basename of argv[0],
     unless that is only a module file of ours."""
     name = os.path.basename(argv0 or "")
@@ -227,14 +231,14 @@ def program_name(argv0):
     return name
 
 
-def show_usage(stream, name, error=None):
+def show_usage(stream: IO[str], name: str, error: str | None = None) -> None:
     """Print the usage text, preceded by ``Error: ...`` when there is one."""
     if error is not None:
         print(f"Error: {error}\n", file=stream)
     print(USAGE.format(name), file=stream)
 
 
-def describe_import_failure(stream, exc):
+def describe_import_failure(stream: IO[str], exc: BaseException) -> None:
     """Explain why the application could not be loaded, listing the
     exception's arguments one by one (the waitress-serve format)."""
     print(
@@ -250,7 +254,7 @@ def describe_import_failure(stream, exc):
         print(f"{number}. {argument}\n", file=stream)
 
 
-def _enable_info_logging():
+def _enable_info_logging() -> None:
     # Without a level of its own the logger inherits WARNING from the root
     # and the "Serving on ..." line is never shown; a level configured by the
     # user is left alone.
@@ -259,7 +263,7 @@ def _enable_info_logging():
         logger.setLevel(logging.INFO)
 
 
-def run(argv=sys.argv, _serve=None):
+def run(argv: list[str] = sys.argv, _serve: Callable[..., Any] | None = None) -> int:
     """Run the command line ``argv`` (program name first) and return the exit
     status: 0 after ``--help`` or once the server stops, 1 on a usage error
     or when the application cannot be loaded.
@@ -305,7 +309,13 @@ def run(argv=sys.argv, _serve=None):
     if _serve is None:
         # Imported here so that this module (and --help) works even before
         # the compiled core is importable.
-        from rswaitress import serve as _serve
+        from rswaitress import serve
 
-    _serve(app, **kw)
+        _serve = serve
+
+    try:
+        _serve(app, **kw)
+    except ActivationError as exc:  # LISTEN_FDS names sockets that cannot be served
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -7,17 +7,32 @@ attributes Waitress users rely on: ``run()``, ``close()``, ``print_listen()``,
 ``effective_host``, ``effective_port``, ``socket`` and ``adj``.
 """
 
+from __future__ import annotations
+
 import atexit
 import logging
 import os
 import signal
 import socket
 import stat
+import sys
 import threading
 import weakref
+from socket import AddressFamily
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from rswaitress import _core
-from rswaitress.adjustments import Adjustments
+from rswaitress.adjustments import Adjustments, ListenAddress
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+    from typing_extensions import Unpack
+
+    from rswaitress.types import ServerOptions
+
+#: What signal.getsignal() returns.
+_Handler = Union[Callable[[int, Union[FrameType, None]], Any], int, signal.Handlers, None]
 
 logger = logging.getLogger("rswaitress")
 
@@ -25,11 +40,11 @@ logger = logging.getLogger("rswaitress")
 THREAD_JOIN_TIMEOUT = 5.0
 
 #: Servers whose run() is in progress (on any thread).
-_RUNNING = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[BaseWSGIServer] = weakref.WeakSet()
 
 
 @atexit.register
-def _stop_running_servers():
+def _stop_running_servers() -> None:
     """At interpreter exit, stops the servers still running on other threads and waits
     for them: a daemon thread must not be inside the server when the interpreter
     finalises (Python ends such threads abruptly, and that cannot unwind through the
@@ -38,7 +53,7 @@ def _stop_running_servers():
         server._stop_for_exit()
 
 
-def cleanup_unix_socket(path):
+def cleanup_unix_socket(path: str) -> None:
     """Removes a stale Unix socket file left by a previous server at ``path``."""
     try:
         st = os.stat(path)
@@ -51,9 +66,9 @@ def cleanup_unix_socket(path):
             pass
 
 
-def _prepare_socket(sock, adj):
+def _prepare_socket(sock: socket.socket, adj: Adjustments) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
-        if os.name == "nt":
+        if sys.platform == "win32":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -65,12 +80,12 @@ class _SignalWakeup:
     thread takes the GIL). Only on the main thread, and only when no one else (an asyncio
     loop, say) has set a wakeup descriptor already."""
 
-    def __init__(self, reader, writer):
+    def __init__(self, reader: socket.socket, writer: socket.socket) -> None:
         self.reader = reader
         self.writer = writer
 
     @classmethod
-    def install(cls):
+    def install(cls) -> _SignalWakeup | None:
         if threading.current_thread() is not threading.main_thread():
             return None
         try:
@@ -92,10 +107,10 @@ class _SignalWakeup:
             return None
         return cls(reader, writer)
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self.reader.fileno()
 
-    def uninstall(self):
+    def uninstall(self) -> None:
         try:
             signal.set_wakeup_fd(-1)
         except (ValueError, OSError):
@@ -107,14 +122,20 @@ class _SignalWakeup:
 class _Listening:
     """One listening socket and what the environ and print_listen say about it."""
 
-    def __init__(self, sock, effective_host, effective_port, is_unix):
+    def __init__(
+        self, sock: socket.socket, effective_host: str, effective_port: str, is_unix: bool
+    ) -> None:
         self.socket = sock
         self.effective_host = effective_host
         self.effective_port = effective_port
         self.is_unix = is_unix
 
 
-def _listen(sock, adj, bind=None):
+def _listen(
+    sock: socket.socket,
+    adj: Adjustments,
+    bind: Callable[[socket.socket], None] | None = None,
+) -> socket.socket:
     """Calls ``bind(sock)`` for a socket of ours, then listen(backlog). A socket of ours
     is closed if either fails; a pre-bound one (``bind`` is None) stays the caller's."""
     try:
@@ -128,10 +149,12 @@ def _listen(sock, adj, bind=None):
     return sock
 
 
-def _tcp_listening(sockinfo, adj, sock=None):
+def _tcp_listening(
+    sockinfo: ListenAddress, adj: Adjustments, sock: socket.socket | None = None
+) -> _Listening:
     family, socktype, proto, sockaddr = sockinfo
 
-    def bind(sock):
+    def bind(sock: socket.socket) -> None:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         _prepare_socket(sock, adj)
@@ -147,10 +170,11 @@ def _tcp_listening(sockinfo, adj, sock=None):
     return _Listening(sock, host, port, False)
 
 
-def _unix_listening(adj, sock=None):
+def _unix_listening(adj: Adjustments, sock: socket.socket | None = None) -> _Listening:
     path = adj.unix_socket
 
-    def bind(sock):
+    def bind(sock: socket.socket) -> None:
+        assert path is not None  # binding is only asked for with unix_socket set
         cleanup_unix_socket(path)
         sock.bind(path)
         if os.path.exists(path):
@@ -163,7 +187,7 @@ def _unix_listening(adj, sock=None):
     return _Listening(sock, "unix", sock.getsockname(), True)
 
 
-def _wrap_application(application, adj):
+def _wrap_application(application: WSGIApplication, adj: Adjustments) -> WSGIApplication:
     """Applies the proxy-headers middleware when a proxy is trusted or untrusted proxy
     headers must be logged; plain clearing of untrusted headers is done by the core."""
     if adj.trusted_proxy or (
@@ -191,7 +215,9 @@ class BaseWSGIServer:
     ``effective_port`` is known); threads start and connections are accepted in run().
     """
 
-    def __init__(self, application, adj, listening):
+    def __init__(
+        self, application: WSGIApplication, adj: Adjustments, listening: list[_Listening]
+    ) -> None:
         if application is None:
             raise ValueError(
                 'The "app" passed to ``create_server`` was ``None``.  You forgot '
@@ -204,7 +230,7 @@ class BaseWSGIServer:
         self._closed = False
         self._running = False
         self._run_done = threading.Event()
-        self._threads = []
+        self._threads: list[threading.Thread] = []
         try:
             self._core = _core.Server(
                 _wrap_application(application, adj),
@@ -220,26 +246,26 @@ class BaseWSGIServer:
 
     # What Waitress users read off a single-socket server.
     @property
-    def socket(self):
+    def socket(self) -> socket.socket:
         return self._listening[0].socket
 
     @property
-    def effective_host(self):
+    def effective_host(self) -> str:
         return self._listening[0].effective_host
 
     @property
-    def effective_port(self):
+    def effective_port(self) -> str:
         return self._listening[0].effective_port
 
     @property
-    def effective_listen(self):
+    def effective_listen(self) -> list[tuple[str, str]]:
         return [(each.effective_host, each.effective_port) for each in self._listening]
 
     @property
-    def family(self):
+    def family(self) -> AddressFamily:
         return self.socket.family
 
-    def print_listen(self, format_str):
+    def print_listen(self, format_str: str) -> None:
         """Logs ``format_str.format(host, port)`` for each listening socket, IPv6 hosts
         in brackets."""
         for host, port in self.effective_listen:
@@ -247,7 +273,7 @@ class BaseWSGIServer:
                 host = f"[{host}]"
             logger.info(format_str.format(host, port))
 
-    def run(self):
+    def run(self) -> None:
         """Serves until close() is called or SIGINT/SIGTERM arrives, then finishes the
         requests in progress (within ``graceful_timeout``) and returns. A second signal
         during that drain stops at once."""
@@ -275,21 +301,21 @@ class BaseWSGIServer:
             _RUNNING.discard(self)
             self._run_done.set()
 
-    def _stop_for_exit(self):
+    def _stop_for_exit(self) -> None:
         self._core.close()
         grace = float(getattr(self.adj, "graceful_timeout", 0)) + THREAD_JOIN_TIMEOUT + 1
         if not self._run_done.wait(grace):
             self._core.abort()
             self._run_done.wait(THREAD_JOIN_TIMEOUT + 1)
 
-    def close(self):
+    def close(self) -> None:
         """Stops a running server (from any thread) or releases an idle one's sockets."""
         self._core.close()
         if not self._running:
             self._core.release()
             self._close_sockets()
 
-    def _install_sigterm(self):
+    def _install_sigterm(self) -> _Handler:
         """SIGTERM stops the server like Ctrl-C, when run() owns the main thread and no
         handler of the application's is installed."""
         if threading.current_thread() is not threading.main_thread():
@@ -301,13 +327,13 @@ class BaseWSGIServer:
         if current not in (signal.SIG_DFL, None):
             return None
 
-        def _terminate(signum, frame):
+        def _terminate(signum: int, frame: FrameType | None) -> None:
             raise SystemExit(0)
 
         signal.signal(signal.SIGTERM, _terminate)
         return current
 
-    def _start_threads(self):
+    def _start_threads(self) -> None:
         for n in range(self.adj.threads):
             t = threading.Thread(
                 target=self._core.serve_worker, name=f"rswaitress-{n}", daemon=True
@@ -315,7 +341,7 @@ class BaseWSGIServer:
             t.start()
             self._threads.append(t)
 
-    def _stop_threads(self):
+    def _stop_threads(self) -> None:
         self._core.stop_workers(len(self._threads))
         for t in self._threads:
             t.join(THREAD_JOIN_TIMEOUT)
@@ -324,7 +350,7 @@ class BaseWSGIServer:
             logger.warning("%d thread(s) still running", len(alive))
         self._threads = []
 
-    def _close_sockets(self):
+    def _close_sockets(self) -> None:
         if self._closed:
             return
         self._closed = True
@@ -332,15 +358,25 @@ class BaseWSGIServer:
             each.socket.close()
 
 
-def _adjustments(adj, kw):
+def _adjustments(adj: Adjustments | None, kw: ServerOptions) -> Adjustments:
     return adj if adj is not None else Adjustments(**kw)
 
 
 class TcpWSGIServer(BaseWSGIServer):
     """One TCP listening socket (the first of ``listen`` unless ``sockinfo`` says)."""
 
-    def __init__(self, application, map=None, _start=True, _sock=None,
-                 dispatcher=None, adj=None, sockinfo=None, bind_socket=True, **kw):
+    def __init__(
+        self,
+        application: WSGIApplication,
+        map: dict[int, Any] | None = None,
+        _start: bool = True,
+        _sock: socket.socket | None = None,
+        dispatcher: object = None,
+        adj: Adjustments | None = None,
+        sockinfo: ListenAddress | None = None,
+        bind_socket: bool = True,
+        **kw: Unpack[ServerOptions],
+    ) -> None:
         adj = _adjustments(adj, kw)
         if sockinfo is None:
             sockinfo = adj.listen[0]
@@ -354,8 +390,18 @@ WSGIServer = TcpWSGIServer
 class UnixWSGIServer(BaseWSGIServer):
     """One Unix-domain listening socket at ``unix_socket``."""
 
-    def __init__(self, application, map=None, _start=True, _sock=None,
-                 dispatcher=None, adj=None, sockinfo=None, bind_socket=True, **kw):
+    def __init__(
+        self,
+        application: WSGIApplication,
+        map: dict[int, Any] | None = None,
+        _start: bool = True,
+        _sock: socket.socket | None = None,
+        dispatcher: object = None,
+        adj: Adjustments | None = None,
+        sockinfo: ListenAddress | None = None,
+        bind_socket: bool = True,
+        **kw: Unpack[ServerOptions],
+    ) -> None:
         adj = _adjustments(adj, kw)
         listening = _unix_listening(adj, None if bind_socket and _sock is None else _sock)
         super().__init__(application, adj, [listening])
@@ -365,7 +411,14 @@ class MultiSocketServer(BaseWSGIServer):
     """Several listening sockets served by one reactor and one thread pool."""
 
 
-def create_server(application, map=None, _start=True, _sock=None, _dispatcher=None, **kw):
+def create_server(
+    application: WSGIApplication,
+    map: dict[int, Any] | None = None,
+    _start: bool = True,
+    _sock: socket.socket | None = None,
+    _dispatcher: object = None,
+    **kw: Unpack[ServerOptions],
+) -> BaseWSGIServer:
     """Binds the sockets the arguments describe and returns a server ready to run()."""
     if application is None:
         raise ValueError(
@@ -373,7 +426,7 @@ def create_server(application, map=None, _start=True, _sock=None, _dispatcher=No
             "to return a WSGI app within your application."
         )
     adj = Adjustments(**kw)
-    listening = []
+    listening: list[_Listening] = []
     try:
         if adj.unix_socket and hasattr(socket, "AF_UNIX"):
             listening.append(_unix_listening(adj))

@@ -1,0 +1,76 @@
+# Types of the compiled extension module rswaitress._core (src/lib.rs, src/wsgi/).
+# `python -m mypy.stubtest rswaitress._core` checks this file against the built module.
+
+from typing import Any, Callable, final
+
+from _typeshed.wsgi import WSGIApplication
+
+from rswaitress.adjustments import Adjustments
+
+__all__ = ["Server", "FileWrapper", "InputStream", "ClientDisconnected"]
+
+@final
+class Server:
+    """One server: its listening sockets, its reactor and the state its workers share."""
+
+    def __new__(
+        cls, app: WSGIApplication, listeners: list[tuple[int, str, bool]], adj: Adjustments
+    ) -> Server:
+        """``listeners`` are ``(fd, server_port, is_unix)``; the Python socket objects
+        keep owning the descriptors."""
+
+    def run(
+        self, wakeup_fd: int | None = None, on_stop: Callable[[], object] | None = None
+    ) -> None:
+        """Runs the reactor on a thread of its own and waits for it, handling signals and
+        log delivery meanwhile. ``wakeup_fd`` is the reading end of the socket given to
+        ``signal.set_wakeup_fd``; ``on_stop`` is called once when a stop begins. A
+        signal's exception starts a graceful stop and is raised once it is over."""
+
+    def serve_worker(self) -> None:
+        """The loop of one pool thread; returns once stop_workers() is called."""
+
+    def close(self) -> None:
+        """Asks run() to stop accepting, finish what is in progress and return."""
+
+    def abort(self) -> None:
+        """Asks run() to close every connection and return at once."""
+
+    def release(self) -> None:
+        """Closes the core's copies of the listening sockets of a server that never ran."""
+
+    def stop_workers(self, count: int) -> None:
+        """Tells ``count`` pool threads to return once the queue is empty."""
+
+    @property
+    def connection_count(self) -> int:
+        """Number of open client connections."""
+
+@final
+class FileWrapper:
+    """``environ["wsgi.file_wrapper"]``: iterates ``filelike`` in blocks, or is sent
+    with sendfile when it wraps a regular file."""
+
+    def __new__(cls, filelike: Any, block_size: int = 8192) -> FileWrapper: ...
+    @property
+    def filelike(self) -> Any: ...
+    @property
+    def block_size(self) -> int: ...
+    def __iter__(self) -> FileWrapper: ...
+    def __next__(self) -> bytes: ...
+    def close(self) -> None: ...
+
+@final
+class InputStream:
+    """``environ["wsgi.input"]``: the request body, read from memory or its spool file."""
+
+    def read(self, size: int | None = None) -> bytes: ...
+    def readline(self, size: int | None = None) -> bytes: ...
+    def readlines(self, hint: int | None = None) -> list[bytes]: ...
+    def __iter__(self) -> InputStream: ...
+    def __next__(self) -> bytes: ...
+    def readable(self) -> bool: ...
+    def close(self) -> None: ...
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the response was sent."""
