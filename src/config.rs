@@ -32,6 +32,10 @@ pub struct Config {
     pub allow_missing_host: bool,
     /// How long a graceful stop waits for requests in progress before closing them.
     pub graceful_timeout: Duration,
+    /// Requests after which this process stops gracefully to be replaced (0: never).
+    pub max_requests: u64,
+    /// `wsgi.multiprocess`: the server runs in several worker processes.
+    pub multiprocess: bool,
 }
 
 impl Default for Config {
@@ -57,6 +61,8 @@ impl Default for Config {
             drop_proxy_headers: true,
             allow_missing_host: false,
             graceful_timeout: Duration::from_secs(30),
+            max_requests: 0,
+            multiprocess: false,
         }
     }
 }
@@ -102,6 +108,9 @@ impl Config {
                 && !get_bool("log_untrusted_proxy_headers")?,
             allow_missing_host: get_bool("allow_missing_host")?,
             graceful_timeout: secs(get_f64("graceful_timeout")?),
+            // Set on the copy of the settings a worker process gets (with its jitter).
+            max_requests: adj.getattr("max_requests")?.extract::<u64>()?,
+            multiprocess: get_usize("workers")? > 1,
         })
     }
 }

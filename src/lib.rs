@@ -165,6 +165,18 @@ impl Server {
         }
     }
 
+    /// Responses completed so far.
+    #[getter]
+    fn requests_served(&self) -> u64 {
+        self.shared.requests_served()
+    }
+
+    /// Whether the stop under way was started by max_requests.
+    #[getter]
+    fn recycling(&self) -> bool {
+        self.shared.is_recycling()
+    }
+
     /// Number of open client connections.
     #[getter]
     fn connection_count(&self) -> usize {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,10 @@ pub struct Shared {
     lingering: Mutex<Vec<(Instant, usize)>>,
     /// Woken when the reactor starts draining and when it finishes (the run() thread).
     pub main_waker: Arc<Poller>,
+    /// Responses completed by this process.
+    requests: AtomicU64,
+    /// The stop under way was asked for by max_requests (the process is to be replaced).
+    recycling: AtomicBool,
 }
 
 impl Shared {
@@ -88,6 +92,8 @@ impl Shared {
             accept_paused: AtomicBool::new(false),
             lingering: Mutex::new(Vec::new()),
             main_waker: Arc::new(Poller::new()?),
+            requests: AtomicU64::new(0),
+            recycling: AtomicBool::new(false),
         })
     }
 
@@ -110,6 +116,27 @@ impl Shared {
 
     pub fn is_finished(&self) -> bool {
         self.finished.load(Ordering::SeqCst)
+    }
+
+    /// Counts a completed response; the one that reaches max_requests starts a graceful
+    /// stop, so that the process is replaced (the requests still in progress finish).
+    pub fn count_request(&self) {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.cfg.max_requests > 0 && n == self.cfg.max_requests {
+            log::info!(target: "rswaitress",
+                "Served {n} requests (max_requests): stopping to be replaced");
+            self.recycling.store(true, Ordering::SeqCst);
+            self.request_stop();
+            let _ = self.main_waker.notify();
+        }
+    }
+
+    pub fn requests_served(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn is_recycling(&self) -> bool {
+        self.recycling.load(Ordering::SeqCst)
     }
 
     /// Closes the listening sockets if the reactor never ran (a server closed unused).

@@ -7,6 +7,7 @@ the test reads afterwards (a file, an Event, a list of calls).
 import hashlib
 import io
 import json
+import os
 import threading
 import time
 from urllib.parse import parse_qs
@@ -483,3 +484,18 @@ def big_generator(environ, start_response):
 def big_pattern(total):
     piece = bytes(range(256)) * 256
     return (piece * (total // len(piece) + 1))[:total]
+
+
+def worker_info(environ, start_response):
+    """For worker-process tests: ``/crash`` ends the process at once (a crash, as a
+    segfault would); ``/slow?s=N`` prints SLOW and sleeps N seconds first; every answer
+    is the process's pid and ``wsgi.multiprocess``, as JSON."""
+    path = environ["PATH_INFO"]
+    if path == "/crash":
+        os._exit(17)
+    if path == "/slow":
+        print("SLOW", flush=True)  # read by the test on the master's (shared) stdout
+        time.sleep(float(_query(environ).get("s", "1")))
+    return _json_response(start_response, {"pid": os.getpid(),
+                                           "multiprocess": environ["wsgi.multiprocess"],
+                                           "path": path})

@@ -2,10 +2,12 @@
 line, waiting for it to listen, and ending it, by its own handle only."""
 
 import os
+import queue
 import selectors
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from helpers import WAIT
@@ -26,12 +28,35 @@ class Lines:
         self.seen = []  # the lines returned or passed over so far
         self._buf = b""
         self._eof = False
+        self._chunks = None
+        if os.name == "nt":
+            # select() takes only sockets there: a thread reads the pipe instead.
+            self._chunks = queue.Queue()
+            threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:
+                data = b""
+            self._chunks.put(data)
+            if not data:
+                return
 
     def _fill(self, deadline):
         """One read; False if ``deadline`` passes first or the pipe is at its end."""
         left = deadline - time.monotonic()
         if self._eof or left <= 0:
             return False
+        if self._chunks is not None:
+            try:
+                data = self._chunks.get(timeout=left)
+            except queue.Empty:
+                return False
+            self._eof = not data
+            self._buf += data
+            return bool(data)
         with selectors.DefaultSelector() as sel:
             sel.register(self.fd, selectors.EVENT_READ)
             if not sel.select(left):
@@ -84,20 +109,27 @@ class Lines:
         return data
 
 
-def start_python(script, *args, stderr=subprocess.PIPE):
+#: On Windows, a child in a process group of its own can be sent CTRL_BREAK_EVENT.
+NEW_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+
+
+def start_python(script, *args, stderr=subprocess.PIPE, env=None):
     """``python -c SIGINT_DEFAULT+script args...`` with stdout (and, unless ``stderr``
-    says otherwise, stderr) piped and stdin from /dev/null."""
+    says otherwise, stderr) piped and stdin from /dev/null; ``env`` is added to the
+    environment."""
     return subprocess.Popen([sys.executable, "-c", SIGINT_DEFAULT + script,
                              *(str(a) for a in args)],
-                            stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **env} if env else None,
+                            creationflags=NEW_GROUP)
 
 
 class PythonChild:
     """A Python child (start_python) with ``stdout`` (and ``stderr`` when piped) as
     Lines."""
 
-    def __init__(self, script, *args, stderr=subprocess.PIPE):
-        self.proc = start_python(script, *args, stderr=stderr)
+    def __init__(self, script, *args, stderr=subprocess.PIPE, env=None):
+        self.proc = start_python(script, *args, stderr=stderr, env=env)
         self.stdout = Lines(self.proc.stdout, "stdout")
         self.stderr = Lines(self.proc.stderr, "stderr") if self.proc.stderr else None
 

@@ -139,6 +139,10 @@ EXPECTED_DEFAULTS = {
     # rswaitress's own
     "allow_missing_host": False,
     "graceful_timeout": 30.0,
+    "workers": 1,
+    "max_requests": 0,
+    "max_requests_jitter": 0,
+    "touch_reload": None,
 }
 
 
@@ -166,6 +170,21 @@ def test_rswaitress_settings_coerce_strings(kw, name, expected):
 def test_rswaitress_setting_errors_name_the_value():
     with pytest.raises(ValueError, match="could not convert string to float: 'soon'"):
         make(graceful_timeout="soon")
+    with pytest.raises(ValueError, match="workers must be at least 1, not 0"):
+        make(workers="0")
+    with pytest.raises(ValueError, match="max_requests must be at least 0, not -5"):
+        make(max_requests=-5)
+    with pytest.raises(ValueError, match="graceful_timeout must not be negative"):
+        make(graceful_timeout=-1)
+
+
+@pytest.mark.parametrize("kw, supervised", [
+    ({}, False), ({"workers": "1"}, False), ({"workers": "2"}, True),
+    ({"max_requests": "100"}, True),
+    ({"touch_reload": "/tmp/x"}, True), ({"touch_reload": ""}, False),
+])
+def test_which_settings_start_a_master(kw, supervised):
+    assert make(**kw).uses_supervisor() is supervised
 
 
 def test_rswaitress_only_settings_are_unknown_to_waitress():

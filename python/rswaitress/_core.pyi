@@ -43,6 +43,14 @@ class Server:
         """Tells ``count`` pool threads to return once the queue is empty."""
 
     @property
+    def requests_served(self) -> int:
+        """Responses completed so far."""
+
+    @property
+    def recycling(self) -> bool:
+        """Whether the stop under way was started by max_requests."""
+
+    @property
     def connection_count(self) -> int:
         """Number of open client connections."""
 

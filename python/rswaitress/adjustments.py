@@ -262,12 +262,28 @@ SETTINGS = (
     Setting("graceful_timeout", float, 30.0,
             "Seconds a graceful stop (SIGTERM, Ctrl-C, close()) waits for requests "
             "in progress before closing their connections."),
+    Setting("workers", int, 1,
+            "Worker processes, each with its own pool of threads. 1 is a single "
+            "process (no supervisor); more adds a master that binds the sockets "
+            "once, shares them with the workers and supervises them."),
+    Setting("max_requests", int, 0,
+            "Requests after which a worker process is replaced (gracefully, "
+            "without failing a request); 0 never replaces it."),
+    Setting("max_requests_jitter", int, 0,
+            "A random number of requests up to this is added to max_requests for "
+            "each worker, so that workers are not all replaced at once."),
+    Setting("touch_reload", to_optional_str, None,
+            "A file whose modification triggers a zero-downtime reload of the "
+            "workers, as SIGHUP does (the way to reload on Windows)."),
 )
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 #: The settings Waitress does not have: extensions of rswaitress's own.
-RSWAITRESS_ONLY = frozenset({"allow_missing_host", "graceful_timeout"})
+RSWAITRESS_ONLY = frozenset({
+    "allow_missing_host", "graceful_timeout", "workers", "max_requests", "max_requests_jitter",
+    "touch_reload",
+})
 
 # Pairs of settings that may not be given together, checked in this order
 # before anything else; each message is the one Waitress gives.
@@ -426,6 +442,10 @@ class Adjustments:
     server_name: str
     allow_missing_host: bool
     graceful_timeout: float
+    workers: int
+    max_requests: int
+    max_requests_jitter: int
+    touch_reload: str | None
 
     #: Options set on every accepted connection: (level, option, value).
     #: Nagle's algorithm is disabled because responses are already buffered.
@@ -469,9 +489,22 @@ class Adjustments:
         resolved = resolve_listen(entries, self.port, family)
 
         self._check_proxy_settings()
+        self._check_process_settings()
 
         self.listen = resolved
         self.check_sockets(self.sockets)
+
+    def _check_process_settings(self) -> None:
+        for name, least in (("workers", 1), ("max_requests", 0), ("max_requests_jitter", 0)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be at least {least}, not {getattr(self, name)}")
+        if self.graceful_timeout < 0:
+            raise ValueError(f"graceful_timeout must not be negative, not {self.graceful_timeout}")
+
+    def uses_supervisor(self) -> bool:
+        """Whether the server runs as a master with worker processes: more than one
+        worker, or one that is to be replaced (max_requests) or reloaded (touch_reload)."""
+        return self.workers > 1 or self.max_requests > 0 or self.touch_reload is not None
 
     def _check_proxy_settings(self) -> None:
         if self.trusted_proxy_count is not None and self.trusted_proxy is None:

@@ -219,6 +219,24 @@ rswaitress options:
         How long a graceful stop (SIGTERM, Ctrl-C) waits for requests in
         progress before closing their connections. Default is 30.
 
+    --workers=INT
+        Worker processes, each with its own pool of threads. Default is 1,
+        a single process. With more, a master process binds the sockets once,
+        shares them with the workers, replaces any that dies, reloads them on
+        SIGHUP and adds or removes one on SIGTTIN / SIGTTOU.
+
+    --max-requests=INT
+        Replace a worker process after it has served this many requests
+        (gracefully: no request fails). Default is 0, never.
+
+    --max-requests-jitter=INT
+        Add a random number of requests up to this to --max-requests for each
+        worker, so that they are not all replaced at once. Default is 0.
+
+    --touch-reload=PATH
+        Reload the workers (as SIGHUP does) whenever this file is modified;
+        the way to reload on Windows.
+
 """
 
 
@@ -296,15 +314,28 @@ def run(argv: list[str] = sys.argv, _serve: Callable[..., Any] | None = None) ->
     # Like waitress-serve, let MODULE be found in the current directory.
     sys.path.append(os.getcwd())
 
-    try:
-        app = pkgutil.resolve_name(wanted[0])
-    except (ValueError, ImportError, AttributeError) as exc:
-        show_usage(sys.stderr, name, str(exc))
-        describe_import_failure(sys.stderr, exc)
-        return 1
+    call = kw.pop("call")
+    if _supervised(kw):
+        # Worker processes import the application themselves (after the fork, or in the
+        # spawned process), so that a reload runs the code as it is then; here only the
+        # module is looked for, so that a typo still fails at once.
+        from rswaitress.supervisor import AppRef
 
-    if kw.pop("call"):
-        app = app()
+        missing = _missing_module(wanted[0])
+        if missing is not None:
+            show_usage(sys.stderr, name, str(missing))
+            describe_import_failure(sys.stderr, missing)
+            return 1
+        app: Any = AppRef(wanted[0], call)
+    else:
+        try:
+            app = pkgutil.resolve_name(wanted[0])
+        except (ValueError, ImportError, AttributeError) as exc:
+            show_usage(sys.stderr, name, str(exc))
+            describe_import_failure(sys.stderr, exc)
+            return 1
+        if call:
+            app = app()
 
     if _serve is None:
         # Imported here so that this module (and --help) works even before
@@ -313,9 +344,38 @@ def run(argv: list[str] = sys.argv, _serve: Callable[..., Any] | None = None) ->
 
         _serve = serve
 
+    from rswaitress.supervisor import WorkerBootError
+
     try:
         _serve(app, **kw)
     except ActivationError as exc:  # LISTEN_FDS names sockets that cannot be served
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    except WorkerBootError as exc:  # the application failed to load in every worker
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _supervised(kw: dict[str, Any]) -> bool:
+    """Whether these (raw) options ask for worker processes; a value that does not
+    convert is left for serve() to refuse with its usual message."""
+    try:
+        return (int(kw.get("workers", 1)) > 1 or int(kw.get("max_requests", 0)) > 0
+                or bool(kw.get("touch_reload")))
+    except (TypeError, ValueError):
+        return False
+
+
+def _missing_module(spec: str) -> ImportError | None:
+    """An ImportError when the module part of MODULE:OBJECT cannot be found."""
+    import importlib.util
+
+    module = spec.split(":", 1)[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        return ImportError(str(exc))
+    if found is None:
+        return ModuleNotFoundError(f"No module named '{module}'")
+    return None

@@ -231,6 +231,8 @@ class BaseWSGIServer:
         self._running = False
         self._run_done = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: Called once (with the GIL, on the run() thread) when a stop begins.
+        self.on_stop: list[Callable[[], None]] = []
         try:
             self._core = _core.Server(
                 _wrap_application(application, adj),
@@ -286,7 +288,7 @@ class BaseWSGIServer:
         wakeup = _SignalWakeup.install()
         self._start_threads()
         try:
-            self._core.run(wakeup.fileno() if wakeup else None, self._close_sockets)
+            self._core.run(wakeup.fileno() if wakeup else None, self._stopping)
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:
@@ -300,6 +302,16 @@ class BaseWSGIServer:
             self._close_sockets()
             _RUNNING.discard(self)
             self._run_done.set()
+
+    def _stopping(self) -> None:
+        """A stop has begun: the core no longer accepts; the sockets are closed here too
+        (so that new connections are refused), then the on_stop hooks run."""
+        self._close_sockets()
+        for hook in self.on_stop:
+            try:
+                hook()
+            except Exception:
+                logger.exception("Exception in an on_stop hook")
 
     def _stop_for_exit(self) -> None:
         self._core.close()
@@ -426,6 +438,26 @@ def create_server(
             "to return a WSGI app within your application."
         )
     adj = Adjustments(**kw)
+    from rswaitress.supervisor import AppRef
+
+    if isinstance(application, AppRef) and not adj.uses_supervisor():
+        application = application.load()
+    listening = bind_listening(adj)
+    if adj.uses_supervisor():
+        from rswaitress.supervisor import Supervisor
+
+        return Supervisor(application, adj, listening)  # type: ignore[return-value]
+    if len(listening) == 1:
+        cls = UnixWSGIServer if listening[0].is_unix else TcpWSGIServer
+        server = cls.__new__(cls)
+        BaseWSGIServer.__init__(server, application, adj, listening)
+        return server
+    return MultiSocketServer(application, adj, listening)
+
+
+def bind_listening(adj: Adjustments) -> list[_Listening]:
+    """Binds (or adopts) every listening socket the settings describe, as Waitress
+    does; on an error the sockets bound so far are closed."""
     listening: list[_Listening] = []
     try:
         if adj.unix_socket and hasattr(socket, "AF_UNIX"):
@@ -444,9 +476,4 @@ def create_server(
         for each in listening:
             each.socket.close()
         raise
-    if len(listening) == 1:
-        cls = UnixWSGIServer if listening[0].is_unix else TcpWSGIServer
-        server = cls.__new__(cls)
-        BaseWSGIServer.__init__(server, application, adj, listening)
-        return server
-    return MultiSocketServer(application, adj, listening)
+    return listening

@@ -83,3 +83,7 @@ class ServerOptions(TypedDict, total=False):
     # rswaitress's own (Waitress has no such keyword).
     allow_missing_host: bool | int | str
     graceful_timeout: float | int | str  # seconds
+    workers: int | str
+    max_requests: int | str
+    max_requests_jitter: int | str
+    touch_reload: str | None  # a file path

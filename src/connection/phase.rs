@@ -138,8 +138,12 @@ pub fn step(phase: Phase, event: Event, f: Facts) -> (Phase, Action) {
         // iterable is closed.
         (P::Serving, E::Stalled) => (P::Closed, A::Close),
 
+        // While draining, a response that still promised keep-alive (its head went out
+        // before the stop began) is followed by reading on: the client may already be
+        // sending its next request, which is answered with `Connection: close`; the
+        // drain closes the connection once it is quiet.
         (P::Serving, E::ResponseDone { close }) => {
-            let after = if close || f.stopping { After::Close } else { After::KeepAlive };
+            let after = if close { After::Close } else { After::KeepAlive };
             match (f.output_pending, after) {
                 (true, after) => (P::Flushing(after), A::AwaitWritable),
                 (false, After::KeepAlive) => (P::Reading, A::ParseNext),
@@ -148,7 +152,7 @@ pub fn step(phase: Phase, event: Event, f: Facts) -> (Phase, Action) {
         }
 
         (P::Flushing(after), E::Drained) => match after {
-            After::KeepAlive if !f.stopping => (P::Reading, A::ParseNext),
+            After::KeepAlive => (P::Reading, A::ParseNext),
             After::Linger if !f.peer_closed && !f.stopping => (P::Lingering, A::HalfClose),
             _ => (P::Closed, A::Close),
         },
@@ -236,9 +240,10 @@ mod tests {
             (P::Flushing(After::Close), A::AwaitWritable)
         );
         assert_eq!(step(P::Flushing(After::Close), E::Drained, NONE), (P::Closed, A::Close));
-        // Draining turns keep-alive into close, before or after the flush.
-        assert_eq!(step(P::Serving, E::ResponseDone { close: false }, STOPPING), (P::Closed, A::Close));
-        assert_eq!(step(P::Flushing(After::KeepAlive), E::Drained, STOPPING), (P::Closed, A::Close));
+        // Draining does not break a keep-alive promise already made: the next request
+        // is read (and answered with Connection: close, which the response writer adds).
+        assert_eq!(step(P::Serving, E::ResponseDone { close: false }, STOPPING), (P::Reading, A::ParseNext));
+        assert_eq!(step(P::Flushing(After::KeepAlive), E::Drained, STOPPING), (P::Reading, A::ParseNext));
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct EnvConsts {
     pub file_wrapper: PyObject,
     pub sys: PyObject,
     pub drop_proxy_headers: bool,
+    /// `wsgi.multiprocess`.
+    pub multiprocess: bool,
     /// Every key the server sets, in order, with the values that never change filled in:
     /// each environ starts as a copy of it, so it is allocated at its final size once and
     /// the fixed entries cost nothing per request.
@@ -63,7 +65,7 @@ impl EnvConsts {
         t.set_item("wsgi.version", self.wsgi_version.bind(py))?;
         t.set_item("wsgi.errors", &none)?;
         t.set_item("wsgi.multithread", true)?;
-        t.set_item("wsgi.multiprocess", false)?;
+        t.set_item("wsgi.multiprocess", self.multiprocess)?;
         t.set_item("wsgi.run_once", false)?;
         t.set_item("wsgi.file_wrapper", self.file_wrapper.bind(py))?;
         t.set_item("wsgi.input_terminated", true)?;

@@ -48,6 +48,7 @@ impl WorkerCtx {
             file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
             sys: py.import("sys")?.into_any().unbind(),
             drop_proxy_headers: cfg.drop_proxy_headers,
+            multiprocess: cfg.multiprocess,
             template: PyDict::new(py).unbind(),
         };
         consts.make_template(py)?;
@@ -108,6 +109,7 @@ fn take(shared: &Shared, conn: &Conn, req: Request) -> Option<Request> {
 /// Hands the connection back after a response: returns the next pipelined request if
 /// one is complete (served by this thread at once), or leaves it to the reactor.
 fn finish(shared: &Shared, conn: &Conn, close: bool) -> Option<Request> {
+    shared.count_request();
     let mut st = conn.st.lock();
     let ready = shared.apply(conn, &mut st, Event::ResponseDone { close })?;
     shared.apply(conn, &mut st, Event::Taken);
