@@ -35,6 +35,9 @@ pub struct Task {
 const TICK: Duration = Duration::from_millis(100);
 /// Size of the reactor's read buffer, at least.
 const RECV_BUFFER: usize = 256 * 1024;
+/// Connections a reactor accepts per wake-up of a listening socket it shares with other
+/// worker processes.
+const SHARED_ACCEPT_BATCH: usize = 1;
 /// How long a connection refused with an error is drained before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
 /// While draining, a reading connection is closed once it has been quiet this long: a
@@ -334,6 +337,9 @@ struct Reactor<'a> {
     shared: &'a Arc<Shared>,
     listeners: Vec<Listener>,
     scratch: Vec<u8>,
+    /// Accepting was put off after an accept error: the listeners are watched again at
+    /// the next tick.
+    accept_deferred: bool,
 }
 
 impl<'a> Reactor<'a> {
@@ -347,7 +353,7 @@ impl<'a> Reactor<'a> {
         // recv_bytes is Waitress's recv() size; large bodies arrive in far fewer system
         // calls with a bigger landing buffer, so it is taken as a lower bound.
         let scratch = vec![0u8; shared.cfg.recv_bytes.max(RECV_BUFFER)];
-        Ok(Reactor { shared, listeners, scratch })
+        Ok(Reactor { shared, listeners, scratch, accept_deferred: false })
     }
 
     fn run(&mut self) -> io::Result<()> {
@@ -392,6 +398,12 @@ impl<'a> Reactor<'a> {
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.close_lingering(now);
+                if self.accept_deferred && !shared.accept_paused.load(Ordering::Relaxed) {
+                    self.accept_deferred = false;
+                    for (i, l) in self.listeners.iter().enumerate() {
+                        let _ = shared.poller.modify(l.socket(), PollEvent::readable(i));
+                    }
+                }
             }
             if now >= next_cleanup {
                 next_cleanup = now + shared.cfg.cleanup_interval;
@@ -472,8 +484,14 @@ impl<'a> Reactor<'a> {
 
     fn accept(&mut self, idx: usize) {
         let shared = self.shared;
+        // With worker processes the listening socket is shared: each reactor takes one
+        // connection per wake-up, so that the first one awake does not take a whole burst
+        // (a connection keeps its worker for its lifetime). Putting accepts off while the
+        // pool is behind was tried and starved connections waiting in the backlog.
+        let shared_socket = shared.cfg.multiprocess;
         let Some(listener) = self.listeners.get(idx) else { return };
         let scratch = &mut self.scratch;
+        let mut accepted = 0usize;
         loop {
             if shared.conns.lock().len() >= shared.cfg.connection_limit {
                 if !shared.accept_paused.swap(true, Ordering::Relaxed) {
@@ -501,6 +519,10 @@ impl<'a> Reactor<'a> {
                     }
                     shared.conns.lock().insert(key, conn.clone());
                     Self::on_ready(shared, scratch, &conn, true, false);
+                    accepted += 1;
+                    if shared_socket && accepted >= SHARED_ACCEPT_BATCH {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -508,8 +530,10 @@ impl<'a> Reactor<'a> {
                     if shared.cfg.log_socket_errors {
                         log::warn!(target: "rswaitress", "server accept() threw an exception: {e}");
                     }
-                    // Out of descriptors and the like: back off until the next event.
-                    break;
+                    // Out of descriptors and the like: the listener is watched again at
+                    // the next tick (at once, it would report the same error in a loop).
+                    self.accept_deferred = true;
+                    return;
                 }
             }
         }
