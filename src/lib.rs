@@ -9,6 +9,7 @@ mod connection;
 pub mod http;
 mod listener;
 mod logging;
+mod pool;
 mod reactor;
 mod wsgi;
 
@@ -160,9 +161,7 @@ impl Server {
 
     /// Tells `count` pool threads to return once the queue is empty.
     fn stop_workers(&self, count: usize) {
-        for _ in 0..count {
-            let _ = self.shared.tasks_tx.send(None);
-        }
+        self.shared.pool.stop(count);
     }
 
     /// Responses completed so far.

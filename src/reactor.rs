@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use polling::{Event as PollEvent, Events, Poller};
 
@@ -23,6 +22,7 @@ use crate::connection::{Conn, ConnState, Interest, Parsed, Request};
 use crate::http::response::error_response;
 use crate::http::{HttpError, Version};
 use crate::listener::{peer_strings, Listener};
+use crate::pool::Pool;
 
 /// A complete request for a worker.
 pub struct Task {
@@ -58,13 +58,11 @@ pub struct Shared {
     listener_count: usize,
     pub conns: Mutex<HashMap<usize, Arc<Conn>>>,
     next_key: AtomicUsize,
-    pub tasks_tx: Sender<Option<Task>>,
-    pub tasks_rx: Receiver<Option<Task>>,
+    /// The queue of complete requests and the pool threads waiting on it.
+    pub pool: Pool<Task>,
     stop: AtomicU8,
     /// Set by the reactor thread when it has returned.
     finished: AtomicBool,
-    /// Workers waiting for a task (for the queue-depth warning).
-    pub idle_workers: AtomicUsize,
     accept_paused: AtomicBool,
     /// Connections lingering after an error answer, with their deadlines.
     lingering: Mutex<Vec<(Instant, usize)>>,
@@ -78,7 +76,6 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(cfg: Config, listeners: Vec<Listener>) -> io::Result<Self> {
-        let (tasks_tx, tasks_rx) = crossbeam_channel::unbounded();
         let listener_count = listeners.len();
         Ok(Shared {
             cfg,
@@ -87,11 +84,9 @@ impl Shared {
             listener_count,
             conns: Mutex::new(HashMap::new()),
             next_key: AtomicUsize::new(listener_count),
-            tasks_tx,
-            tasks_rx,
+            pool: Pool::new(),
             stop: AtomicU8::new(RUNNING),
             finished: AtomicBool::new(false),
-            idle_workers: AtomicUsize::new(0),
             accept_paused: AtomicBool::new(false),
             lingering: Mutex::new(Vec::new()),
             main_waker: Arc::new(Poller::new()?),
@@ -278,9 +273,9 @@ impl Shared {
 
     /// Hands a request to the worker pool.
     pub fn dispatch(&self, conn: Arc<Conn>, req: Request) {
-        let _ = self.tasks_tx.send(Some(Task { conn, req }));
-        let queued = self.tasks_rx.len();
-        let idle = self.idle_workers.load(Ordering::Relaxed);
+        self.pool.push(Task { conn, req });
+        let queued = self.pool.queued();
+        let idle = self.pool.idle();
         if queued > idle {
             queue_warning(queued - idle);
         }
@@ -362,9 +357,14 @@ impl<'a> Reactor<'a> {
         let mut next_cleanup = Instant::now() + shared.cfg.cleanup_interval;
         let mut next_tick = Instant::now() + TICK;
         let mut deadline: Option<Instant> = None;
+        let mut pool_check: Option<Instant> = None;
         loop {
             events.clear();
-            if let Err(e) = shared.poller.wait(&mut events, Some(TICK)) {
+            let timeout = match pool_check {
+                Some(at) => at.saturating_duration_since(Instant::now()).min(TICK),
+                None => TICK,
+            };
+            if let Err(e) = shared.poller.wait(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     self.stop_accepting();
                     self.close_all();
@@ -384,6 +384,10 @@ impl<'a> Reactor<'a> {
                 }
             }
             let now = Instant::now();
+            // Requests waiting while the threads serving are stuck wake another thread.
+            if pool_check.is_none_or(|at| now >= at) {
+                pool_check = shared.pool.check();
+            }
             if shared.accept_paused.load(Ordering::Relaxed)
                 && !shared.is_stopping()
                 && shared.conns.lock().len() < shared.cfg.connection_limit
@@ -468,7 +472,7 @@ impl<'a> Reactor<'a> {
                 left += 1;
             }
         }
-        left == 0 && self.shared.tasks_rx.is_empty()
+        left == 0 && self.shared.pool.is_empty()
     }
 
     fn on_event(&mut self, ev: PollEvent) {
@@ -689,8 +693,17 @@ mod tests {
             let shared = self.shared.clone();
             std::thread::spawn(move || {
                 let mut outcomes = Vec::new();
+                let slot = shared.pool.register();
                 while outcomes.len() < n {
-                    let Ok(Some(task)) = shared.tasks_rx.recv() else { break };
+                    let task = match shared.pool.take() {
+                        crate::pool::Take::Task(task) => task,
+                        crate::pool::Take::Stop => break,
+                        crate::pool::Take::Empty => match shared.pool.idle_wait(&slot, |wait| wait()) {
+                            crate::pool::Take::Task(task) => task,
+                            crate::pool::Take::Stop => break,
+                            crate::pool::Take::Empty => continue,
+                        },
+                    };
                     let conn = task.conn;
                     let mut next = {
                         let mut st = conn.st.lock();
@@ -715,6 +728,7 @@ mod tests {
                         });
                     }
                 }
+                shared.pool.unregister(&slot);
                 outcomes
             })
         }
@@ -893,7 +907,7 @@ mod tests {
         let r = Running::start(Config::default());
         let mut c = r.connect();
         c.write_all(b"GET /never-served HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
-        wait_for(|| !r.shared.tasks_rx.is_empty());
+        wait_for(|| !r.shared.pool.is_empty());
         r.shared.abort();
         assert!(read_to_eof(&mut c).is_empty());
         let mut r = r;

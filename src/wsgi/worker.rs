@@ -5,7 +5,6 @@
 //! connection is closed and logged, and the thread goes on with the next request.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use pyo3::intern;
@@ -18,6 +17,7 @@ use crate::http::request::{percent_decode, split_target};
 use crate::http::response::{error_response, RequestSide};
 use crate::http::HttpError;
 use crate::logging;
+use crate::pool::Take;
 use crate::reactor::Shared;
 use crate::wsgi::environ::{self, EnvConsts};
 use crate::wsgi::file_wrapper::{inspect, FileWrapper, Wrapped};
@@ -59,21 +59,23 @@ impl WorkerCtx {
 
 pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
     let shared = &ctx.shared;
+    let pool = &shared.pool;
+    let slot = pool.register();
     loop {
         // Under load the next request is usually queued already: take it while still
-        // holding the GIL, instead of handing the GIL to another pool thread only to
-        // wait for it again. The GIL is released only to wait.
-        let task = match shared.tasks_rx.try_recv() {
-            Ok(task) => Ok(task),
-            Err(_) => {
+        // holding the GIL. The GIL is released only to wait (see pool.rs for who wakes).
+        let task = match pool.take() {
+            Take::Task(task) => task,
+            Take::Stop => break,
+            Take::Empty => {
                 let _ = logging::deliver(py);
-                shared.idle_workers.fetch_add(1, Ordering::Relaxed);
-                let task = py.allow_threads(|| shared.tasks_rx.recv());
-                shared.idle_workers.fetch_sub(1, Ordering::Relaxed);
-                task
+                match pool.idle_wait(&slot, |wait| py.allow_threads(wait)) {
+                    Take::Task(task) => task,
+                    Take::Stop => break,
+                    Take::Empty => continue,
+                }
             }
         };
-        let Ok(Some(task)) = task else { break };
         let conn = task.conn;
         let mut next = take(shared, &conn, task.req);
         while let Some(req) = next.take() {
@@ -87,12 +89,14 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
                     true
                 }
             };
+            pool.finished();
             next = finish(shared, &conn, close);
         }
         if logging::pending() {
             let _ = logging::deliver(py);
         }
     }
+    pool.unregister(&slot);
 }
 
 /// Takes a queued request for this thread, unless its connection was closed meanwhile
@@ -357,7 +361,7 @@ mod tests {
             parsed.expect("a complete request")
         };
         shared.dispatch(conn.clone(), first);
-        shared.tasks_tx.send(None).unwrap();
+        shared.pool.stop(1);
         let ns = Python::with_gil(|py| {
             let ns = PyDict::new(py);
             let code = std::ffi::CString::new(code).unwrap();

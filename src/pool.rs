@@ -1,0 +1,479 @@
+//! The task queue and the pool threads that wait on it: which thread a request wakes.
+//!
+//! A pool thread that finishes a response takes the next queued request itself, still
+//! holding the GIL. Another thread is woken only when no pool thread is serving, or when
+//! the threads that are serving are all stuck: no request taken or finished for
+//! [`WAKE_AFTER`], and (where the OS tells a thread's CPU time) none of them running.
+//! So an application whose requests hold the GIL is served by one thread at a time, as
+//! with threads=1 (threads that wake only to wait for the GIL cost hand-offs and context
+//! switches), while a request that sleeps or waits on I/O holds the others back for no
+//! longer than WAKE_AFTER. Idle threads are woken most recently idle first (warm caches).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use parking_lot::{Condvar, Mutex};
+
+/// How long queued requests wait, with no request taken or finished meanwhile, before
+/// another pool thread is woken for them.
+pub const WAKE_AFTER: Duration = Duration::from_micros(200);
+/// The stall check runs every WAKE_AFTER after a stall, and backs off (doubling) while
+/// the threads serving keep making progress, to this: a busy server that never blocks is
+/// not woken thousands of times a second to find that out...
+const CHECK_BACKOFF_PROGRESS: Duration = Duration::from_millis(1);
+/// ...and to this while a serving thread runs one long request (CPU time advancing): a
+/// request that holds the GIL for milliseconds is not helped by another thread.
+const CHECK_BACKOFF_RUNNING: Duration = Duration::from_millis(5);
+
+/// One pool thread, as the pool sees it.
+pub struct Slot {
+    woken: Mutex<bool>,
+    wake: Condvar,
+    /// Between taking a request and going idle.
+    serving: AtomicBool,
+    cpu: ThreadCpu,
+    /// CPU time (ns) the thread had at the stall check's last reading.
+    last_cpu: AtomicU64,
+}
+
+pub struct Pool<T> {
+    tx: Sender<Option<T>>,
+    rx: Receiver<Option<T>>,
+    /// Idle threads, the most recently idle last.
+    idle: Mutex<Vec<Arc<Slot>>>,
+    idle_count: AtomicUsize,
+    slots: Mutex<Vec<Arc<Slot>>>,
+    serving: AtomicUsize,
+    epoch: Instant,
+    /// When (ns since `epoch`) a request was last taken or finished.
+    progress: AtomicU64,
+    /// When (ns since `epoch`) the stall check last read the serving threads' CPU times.
+    last_check: AtomicU64,
+    /// Current interval (ns) between stall checks.
+    interval: AtomicU64,
+}
+
+/// What reading the serving threads' CPU times told.
+enum Probe {
+    /// First reading of a stall: nothing to compare yet.
+    Started,
+    /// One of them is running.
+    Running,
+    /// None of them ran for half the time since the last reading.
+    Stuck,
+    /// The OS does not tell.
+    Unknown,
+}
+
+/// What `take` found.
+pub enum Take<T> {
+    Task(T),
+    /// The pool is stopping: the thread returns.
+    Stop,
+    Empty,
+}
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Pool<T> {
+    pub fn new() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Pool {
+            tx,
+            rx,
+            idle: Mutex::new(Vec::new()),
+            idle_count: AtomicUsize::new(0),
+            slots: Mutex::new(Vec::new()),
+            serving: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            progress: AtomicU64::new(0),
+            last_check: AtomicU64::new(0),
+            interval: AtomicU64::new(WAKE_AFTER.as_nanos() as u64),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Requests waiting for a thread.
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle_count.load(Ordering::Relaxed)
+    }
+
+    /// Queues a request and wakes a thread for it if none is serving.
+    pub fn push(&self, task: T) {
+        let _ = self.tx.send(Some(task));
+        if self.serving.load(Ordering::SeqCst) == 0 {
+            self.wake_one();
+        }
+    }
+
+    /// Tells `count` threads to return once the requests before are served.
+    pub fn stop(&self, count: usize) {
+        for _ in 0..count {
+            let _ = self.tx.send(None);
+        }
+        for _ in 0..count {
+            self.wake_one();
+        }
+    }
+
+    /// Wakes the most recently idle thread; false if none is idle.
+    fn wake_one(&self) -> bool {
+        let slot = {
+            let mut idle = self.idle.lock();
+            let slot = idle.pop();
+            if slot.is_some() {
+                self.idle_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            slot
+        };
+        match slot {
+            Some(slot) => {
+                // Serving from now on: until it runs, further requests must not wake
+                // yet another thread for the same work.
+                if !slot.serving.swap(true, Ordering::SeqCst) {
+                    self.serving.fetch_add(1, Ordering::SeqCst);
+                }
+                *slot.woken.lock() = true;
+                slot.wake.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The stall check, run by the reactor: when requests wait and threads are idle but
+    /// nothing has been taken or finished for WAKE_AFTER, and no serving thread is
+    /// running (judged over a second WAKE_AFTER from each one's CPU time, where the OS
+    /// tells it), one more thread is woken. Returns when to check again (None: nothing
+    /// waits for a thread, or none is idle). Cheap until a stall begins: no system call.
+    pub fn check(&self) -> Option<Instant> {
+        if self.rx.is_empty() || self.idle() == 0 {
+            return None;
+        }
+        let now = self.now_ns();
+        let wake_after = WAKE_AFTER.as_nanos() as u64;
+        let progress = self.progress.load(Ordering::SeqCst);
+        let since = now.saturating_sub(progress);
+        if since < wake_after {
+            return Some(self.at(now + self.back_off(CHECK_BACKOFF_PROGRESS)));
+        }
+        let probe_at = self.last_check.load(Ordering::SeqCst);
+        match self.snapshot_cpu(probe_at > progress, now.saturating_sub(probe_at)) {
+            // The first look since the stall began: CPU times noted, decided next time.
+            Probe::Started => {
+                self.last_check.store(now, Ordering::SeqCst);
+                self.interval.store(wake_after, Ordering::Relaxed);
+                return Some(self.at(now + wake_after));
+            }
+            // A serving thread is running Python: the GIL is busy, another thread would
+            // only wait for it.
+            Probe::Running => {
+                self.last_check.store(now, Ordering::SeqCst);
+                return Some(self.at(now + self.back_off(CHECK_BACKOFF_RUNNING)));
+            }
+            Probe::Stuck | Probe::Unknown => {}
+        }
+        self.wake_one();
+        // The woken thread takes a request (progress) or finds none; either way the
+        // next wake waits another WAKE_AFTER.
+        self.progress.store(now, Ordering::SeqCst);
+        self.last_check.store(0, Ordering::SeqCst);
+        self.interval.store(wake_after, Ordering::Relaxed);
+        Some(self.at(now + wake_after))
+    }
+
+    /// Doubles the interval between stall checks, up to `max`; returns it.
+    fn back_off(&self, max: Duration) -> u64 {
+        let max = max.as_nanos() as u64;
+        let next = (self.interval.load(Ordering::Relaxed) * 2).min(max);
+        self.interval.store(next, Ordering::Relaxed);
+        next
+    }
+
+    fn at(&self, ns: u64) -> Instant {
+        self.epoch + Duration::from_nanos(ns)
+    }
+
+    /// Reads each serving thread's CPU time. With `compare`, says whether one used at
+    /// least half of the `window` ns since the previous reading.
+    fn snapshot_cpu(&self, compare: bool, window: u64) -> Probe {
+        let slots = self.slots.lock();
+        let mut any_clock = false;
+        let mut running = false;
+        for slot in slots.iter().filter(|s| s.serving.load(Ordering::Relaxed)) {
+            let Some(cpu) = slot.cpu.now() else { continue };
+            any_clock = true;
+            let before = slot.last_cpu.swap(cpu, Ordering::Relaxed);
+            if compare && window > 0 && cpu.saturating_sub(before) * 2 >= window {
+                running = true;
+            }
+        }
+        match (any_clock, compare, running) {
+            (false, _, _) => Probe::Unknown,
+            (true, false, _) => Probe::Started,
+            (true, true, true) => Probe::Running,
+            (true, true, false) => Probe::Stuck,
+        }
+    }
+
+    /// Registers the calling thread as a pool thread.
+    pub fn register(&self) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            woken: Mutex::new(false),
+            wake: Condvar::new(),
+            serving: AtomicBool::new(true),
+            cpu: ThreadCpu::current(),
+            last_cpu: AtomicU64::new(0),
+        });
+        self.serving.fetch_add(1, Ordering::SeqCst);
+        self.slots.lock().push(slot.clone());
+        slot
+    }
+
+    /// The calling thread leaves the pool.
+    pub fn unregister(&self, slot: &Arc<Slot>) {
+        if slot.serving.swap(false, Ordering::SeqCst) {
+            self.serving.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.slots.lock().retain(|s| !Arc::ptr_eq(s, slot));
+        let mut idle = self.idle.lock();
+        let before = idle.len();
+        idle.retain(|s| !Arc::ptr_eq(s, slot));
+        if idle.len() < before {
+            self.idle_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The next request for a serving thread, if one waits.
+    pub fn take(&self) -> Take<T> {
+        match self.rx.try_recv() {
+            Ok(Some(task)) => {
+                self.progress.store(self.now_ns(), Ordering::SeqCst);
+                Take::Task(task)
+            }
+            Ok(None) => Take::Stop,
+            Err(TryRecvError::Empty) => Take::Empty,
+            Err(TryRecvError::Disconnected) => Take::Stop,
+        }
+    }
+
+    /// A response is complete (progress, for the stall check).
+    pub fn finished(&self) {
+        self.progress.store(self.now_ns(), Ordering::SeqCst);
+    }
+
+    /// The calling thread found nothing to do: it goes idle and waits to be woken
+    /// (`wait` runs the blocking part, so that the caller can release the GIL for it),
+    /// unless a request arrived meanwhile. Returns what there is to do then.
+    pub fn idle_wait(&self, slot: &Arc<Slot>, wait: impl FnOnce(&(dyn Fn() + Sync))) -> Take<T> {
+        {
+            let mut idle = self.idle.lock();
+            idle.push(slot.clone());
+            self.idle_count.fetch_add(1, Ordering::Relaxed);
+        }
+        if slot.serving.swap(false, Ordering::SeqCst) {
+            self.serving.fetch_sub(1, Ordering::SeqCst);
+        }
+        // A request queued between the caller's take() and the line above saw this thread
+        // still serving and woke nobody: look again before sleeping.
+        let found = self.take();
+        if !matches!(found, Take::Empty) {
+            self.leave_idle(slot);
+            return found;
+        }
+        wait(&|| {
+            let mut woken = slot.woken.lock();
+            while !*woken {
+                slot.wake.wait(&mut woken);
+            }
+            *woken = false;
+        });
+        self.leave_idle(slot);
+        self.take()
+    }
+
+    fn leave_idle(&self, slot: &Arc<Slot>) {
+        {
+            let mut idle = self.idle.lock();
+            let before = idle.len();
+            idle.retain(|s| !Arc::ptr_eq(s, slot));
+            if idle.len() < before {
+                self.idle_count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        *slot.woken.lock() = false;
+        if !slot.serving.swap(true, Ordering::SeqCst) {
+            self.serving.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A thread's CPU-time clock, readable from other threads (Linux).
+struct ThreadCpu {
+    #[cfg(target_os = "linux")]
+    clock: Option<libc::clockid_t>,
+}
+
+impl ThreadCpu {
+    #[cfg(target_os = "linux")]
+    fn current() -> Self {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: pthread_self() is the calling thread, alive for the call; `clock` is a
+        // valid place for the result.
+        let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+        ThreadCpu { clock: (rc == 0).then_some(clock) }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn current() -> Self {
+        ThreadCpu {}
+    }
+
+    /// CPU time used so far (ns), where the OS tells.
+    #[cfg(target_os = "linux")]
+    fn now(&self) -> Option<u64> {
+        let clock = self.clock?;
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid place for the result; the clock belongs to a pool
+        // thread registered in the pool, which unregisters before it exits, so the
+        // clock names a live thread (a stale one would only make the call fail).
+        let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+        (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn now(&self) -> Option<u64> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A pool thread that records which requests it served, and can be told to block.
+    fn thread(
+        pool: &Arc<Pool<u32>>,
+        served: &Arc<Mutex<Vec<(usize, u32)>>>,
+        id: usize,
+        block_on: Option<u32>,
+        release: Arc<(Mutex<bool>, Condvar)>,
+    ) -> std::thread::JoinHandle<()> {
+        let (pool, served) = (pool.clone(), served.clone());
+        std::thread::spawn(move || {
+            let slot = pool.register();
+            loop {
+                let t = match pool.take() {
+                    Take::Task(t) => t,
+                    Take::Stop => break,
+                    Take::Empty => match pool.idle_wait(&slot, |wait| wait()) {
+                        Take::Task(t) => t,
+                        Take::Stop => break,
+                        Take::Empty => continue,
+                    },
+                };
+                served.lock().push((id, t));
+                if Some(t) == block_on {
+                    let (lock, cv) = &*release;
+                    let mut go = lock.lock();
+                    while !*go {
+                        cv.wait(&mut go);
+                    }
+                }
+                pool.finished();
+            }
+            pool.unregister(&slot);
+        })
+    }
+
+    fn wait_for(cond: impl Fn() -> bool) {
+        for _ in 0..2000 {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("condition not reached within 10 s");
+    }
+
+    #[test]
+    fn one_thread_serves_while_it_keeps_up() {
+        let pool = Arc::new(Pool::<u32>::new());
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new((Mutex::new(true), Condvar::new()));
+        let threads: Vec<_> = (0..4).map(|i| thread(&pool, &served, i, None, release.clone())).collect();
+        wait_for(|| pool.idle() == 4);
+        for t in 0..200 {
+            pool.push(t);
+            if t % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        wait_for(|| served.lock().len() == 200);
+        // Requests that never wait long are served by whichever thread was woken last
+        // (most recently idle), without a check ever waking more: one thread.
+        let ids: std::collections::HashSet<usize> = served.lock().iter().map(|(i, _)| *i).collect();
+        assert!(ids.len() <= 2, "threads used: {ids:?}");
+        pool.stop(4);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    /// A serving thread that blocks (not running, no progress) leaves queued requests to
+    /// another thread, woken by the stall check.
+    #[test]
+    fn a_blocked_thread_is_covered_by_another() {
+        let pool = Arc::new(Pool::<u32>::new());
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let threads: Vec<_> = (0..2).map(|i| thread(&pool, &served, i, Some(0), release.clone())).collect();
+        wait_for(|| pool.idle() == 2);
+        pool.push(0); // blocks the thread that takes it
+        wait_for(|| served.lock().len() == 1);
+        for t in 1..=5 {
+            pool.push(t);
+        }
+        let checks = AtomicUsize::new(0);
+        wait_for(|| {
+            checks.fetch_add(1, Ordering::Relaxed);
+            pool.check();
+            served.lock().len() == 6
+        });
+        let blocked_on = served.lock()[0].0;
+        assert!(served.lock()[1..].iter().all(|(i, _)| *i != blocked_on));
+        let (lock, cv) = &*release;
+        *lock.lock() = true;
+        cv.notify_all();
+        pool.stop(2);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn nothing_to_check_without_queued_requests_or_idle_threads() {
+        let pool = Pool::<u32>::new();
+        assert!(pool.check().is_none());
+        pool.push(1);
+        assert!(pool.check().is_none(), "no idle thread to wake");
+    }
+}
