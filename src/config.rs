@@ -36,6 +36,8 @@ pub struct Config {
     pub max_requests: u64,
     /// `wsgi.multiprocess`: the server runs in several worker processes.
     pub multiprocess: bool,
+    /// The access log's format, when the access log is on.
+    pub access_log: Option<std::sync::Arc<crate::access_log::Format>>,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             graceful_timeout: Duration::from_secs(30),
             max_requests: 0,
             multiprocess: false,
+            access_log: None,
         }
     }
 }
@@ -111,6 +114,15 @@ impl Config {
             // Set on the copy of the settings a worker process gets (with its jitter).
             max_requests: adj.getattr("max_requests")?.extract::<u64>()?,
             multiprocess: get_usize("workers")? > 1,
+            access_log: if get_bool("access_log")? {
+                let text = get_str("access_log_format")?;
+                let format = crate::access_log::Format::parse(&text).map_err(|e| {
+                    pyo3::exceptions::PyValueError::new_err(format!("access_log_format: {e}"))
+                })?;
+                Some(std::sync::Arc::new(format))
+            } else {
+                None
+            },
         })
     }
 }

@@ -4,6 +4,7 @@
 //! and then waits, with the GIL released, for a signal, a log record or the reactor's
 //! end; pool threads call `serve_worker()`. See the README's design section.
 
+mod access_log;
 mod config;
 mod connection;
 pub mod http;
@@ -203,9 +204,17 @@ fn drain_wakeup(sock: &Socket, shared: &Shared) {
     let _ = shared.main_waker.modify(sock, PollEvent::readable(WAKEUP_KEY));
 }
 
+/// Checks an access log format (Gunicorn's syntax); ValueError says what is wrong.
+#[pyfunction]
+fn check_access_log_format(format: &str) -> PyResult<()> {
+    access_log::Format::parse(format).map(|_| ()).map_err(pyo3::exceptions::PyValueError::new_err)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
+    m.add_function(wrap_pyfunction!(check_access_log_format, m)?)?;
+    m.add("DEFAULT_ACCESS_LOG_FORMAT", access_log::DEFAULT_FORMAT)?;
     m.add_class::<Server>()?;
     m.add_class::<FileWrapper>()?;
     m.add_class::<wsgi::input::InputStream>()?;

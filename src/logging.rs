@@ -23,7 +23,15 @@ struct Queue {
 }
 
 static QUEUE: Mutex<Queue> = Mutex::new(Queue { records: VecDeque::new(), dropped: 0 });
-/// Whether the queue may hold records (checked without the lock before delivering).
+/// Access log lines waiting for delivery. None is ever dropped: past ACCESS_FLUSH_AT
+/// lines, the thread that adds one delivers them itself (back-pressure on a logging
+/// configuration that cannot keep up).
+static ACCESS: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+const ACCESS_FLUSH_AT: usize = 4096;
+/// Access lines a pool thread delivers at once between requests.
+const ACCESS_BATCH: usize = 64;
+static ACCESS_PENDING: AtomicBool = AtomicBool::new(false);
+/// Whether the record queue may hold records (checked without the lock).
 static PENDING: AtomicBool = AtomicBool::new(false);
 /// Held by the thread delivering, so that batches reach Python in order.
 static DELIVERING: Mutex<()> = Mutex::new(());
@@ -58,6 +66,28 @@ impl log::Log for Deferred {
     }
 
     fn flush(&self) {}
+}
+
+/// Queues an access log line (the caller holds the GIL, so it may deliver at once when
+/// too many lines wait). Lines are delivered in batches by the pool threads (when a batch
+/// is full, and before a thread waits for work) or by the run() thread's tick; they do
+/// not wake the run() thread, which would only take the GIL from a pool thread.
+pub fn access(py: Python<'_>, line: String) {
+    let many = {
+        let mut q = ACCESS.lock();
+        q.push_back(line);
+        q.len() >= ACCESS_FLUSH_AT
+    };
+    ACCESS_PENDING.store(true, Ordering::Release);
+    if many {
+        let _ = deliver(py);
+    }
+}
+
+/// Whether a pool thread between requests should deliver now: log records wait, or a
+/// full batch of access lines.
+pub fn due() -> bool {
+    PENDING.load(Ordering::Acquire) || ACCESS.lock().len() >= ACCESS_BATCH
 }
 
 fn wake_waiters() {
@@ -104,6 +134,30 @@ pub fn pending() -> bool {
     PENDING.load(Ordering::Acquire)
 }
 
+/// Hands access lines to the `rswaitress.access` logger, one record each (so that the
+/// user's handlers, filters and formatters apply), all in one hold of the GIL.
+fn deliver_access(py: Python<'_>, logging: &Bound<'_, PyModule>, lines: VecDeque<String>) -> PyResult<()> {
+    // getLogger returns the same object for the process's life: looked up once.
+    static LOGGER: pyo3::sync::GILOnceCell<PyObject> = pyo3::sync::GILOnceCell::new();
+    let logger = LOGGER.get_or_try_init(py, || {
+        logging.call_method1(pyo3::intern!(py, "getLogger"), ("rswaitress.access",)).map(Bound::unbind)
+    })?;
+    let logger = logger.bind(py);
+    if !logger.call_method1(pyo3::intern!(py, "isEnabledFor"), (20,))?.is_truthy()? {
+        return Ok(());
+    }
+    let info = logger.getattr(pyo3::intern!(py, "info"))?;
+    let mut interrupt = None;
+    for line in lines {
+        if let Err(e) = info.call1((line,)) {
+            if !e.is_instance_of::<pyo3::exceptions::PyException>(py) && interrupt.is_none() {
+                interrupt = Some(e);
+            }
+        }
+    }
+    interrupt.map_or(Ok(()), Err)
+}
+
 /// Hands queued records to Python's logging. Cheap when there are none; returns at once
 /// when another thread is delivering (it empties the queue).
 ///
@@ -111,7 +165,7 @@ pub fn pending() -> bool {
 /// (KeyboardInterrupt or SystemExit from a signal handler that ran during the logging
 /// call) is returned, after the remaining records are delivered, so that it is not lost.
 pub fn deliver(py: Python<'_>) -> PyResult<()> {
-    if !pending() {
+    if !pending() && !ACCESS_PENDING.load(Ordering::Acquire) {
         return Ok(());
     }
     // Never wait for this lock while holding the GIL: the thread that has it may be
@@ -119,15 +173,27 @@ pub fn deliver(py: Python<'_>) -> PyResult<()> {
     let Some(_delivering) = DELIVERING.try_lock() else { return Ok(()) };
     let mut interrupt: Option<PyErr> = None;
     loop {
+        let lines = {
+            let mut q = ACCESS.lock();
+            ACCESS_PENDING.store(false, Ordering::Release);
+            std::mem::take(&mut *q)
+        };
         let (records, dropped) = {
             let mut q = QUEUE.lock();
-            if q.records.is_empty() && q.dropped == 0 {
+            if q.records.is_empty() && q.dropped == 0 && lines.is_empty() {
                 PENDING.store(false, Ordering::Release);
                 break;
             }
             (std::mem::take(&mut q.records), std::mem::replace(&mut q.dropped, 0))
         };
         let logging = py.import("logging")?;
+        if !lines.is_empty() {
+            if let Err(e) = deliver_access(py, &logging, lines) {
+                if !e.is_instance_of::<pyo3::exceptions::PyException>(py) && interrupt.is_none() {
+                    interrupt = Some(e);
+                }
+            }
+        }
         let mut emit = |target: &str, level: i32, msg: String| {
             let sent = logging
                 .call_method1("getLogger", (target,))

@@ -494,7 +494,8 @@ def worker_info(environ, start_response):
     if path == "/crash":
         os._exit(17)
     if path == "/slow":
-        print("SLOW", flush=True)  # read by the test on the master's (shared) stdout
+        # One write (atomic on a pipe): the workers share the master's stdout.
+        os.write(1, b"SLOW\n")
         time.sleep(float(_query(environ).get("s", "1")))
     return _json_response(start_response, {"pid": os.getpid(),
                                            "multiprocess": environ["wsgi.multiprocess"],

@@ -143,6 +143,8 @@ EXPECTED_DEFAULTS = {
     "max_requests": 0,
     "max_requests_jitter": 0,
     "touch_reload": None,
+    "access_log": False,
+    "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
 }
 
 

@@ -7,7 +7,15 @@ from _typeshed.wsgi import WSGIApplication
 
 from rswaitress.adjustments import Adjustments
 
-__all__ = ["Server", "FileWrapper", "InputStream", "ClientDisconnected"]
+__all__ = [
+    "Server", "FileWrapper", "InputStream", "ClientDisconnected", "check_access_log_format",
+    "DEFAULT_ACCESS_LOG_FORMAT",
+]
+
+DEFAULT_ACCESS_LOG_FORMAT: str
+
+def check_access_log_format(format: str) -> None:
+    """Checks an access log format (Gunicorn's syntax); ValueError says what is wrong."""
 
 @final
 class Server:

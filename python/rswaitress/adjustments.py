@@ -166,6 +166,10 @@ KNOWN_PROXY_HEADERS = frozenset(
 # --------------------------------------------------------------------------
 
 
+#: Gunicorn's default access log format (the core's DEFAULT_ACCESS_LOG_FORMAT).
+ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+
 class Setting(NamedTuple):
     name: str
     convert: Callable[[Any], Any]
@@ -275,6 +279,11 @@ SETTINGS = (
     Setting("touch_reload", to_optional_str, None,
             "A file whose modification triggers a zero-downtime reload of the "
             "workers, as SIGHUP does (the way to reload on Windows)."),
+    Setting("access_log", to_bool, False,
+            "Log one line per request on the 'rswaitress.access' logger at INFO."),
+    Setting("access_log_format", str, ACCESS_LOG_FORMAT,
+            "The access log line, with Gunicorn's atoms (%(h)s, %(r)s, "
+            "%({header}i)s...)."),
 )
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -282,7 +291,7 @@ SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 #: The settings Waitress does not have: extensions of rswaitress's own.
 RSWAITRESS_ONLY = frozenset({
     "allow_missing_host", "graceful_timeout", "workers", "max_requests", "max_requests_jitter",
-    "touch_reload",
+    "touch_reload", "access_log", "access_log_format",
 })
 
 # Pairs of settings that may not be given together, checked in this order
@@ -446,6 +455,8 @@ class Adjustments:
     max_requests: int
     max_requests_jitter: int
     touch_reload: str | None
+    access_log: bool
+    access_log_format: str
 
     #: Options set on every accepted connection: (level, option, value).
     #: Nagle's algorithm is disabled because responses are already buffered.
@@ -500,6 +511,15 @@ class Adjustments:
                 raise ValueError(f"{name} must be at least {least}, not {getattr(self, name)}")
         if self.graceful_timeout < 0:
             raise ValueError(f"graceful_timeout must not be negative, not {self.graceful_timeout}")
+        try:
+            from rswaitress._core import check_access_log_format
+        except ImportError:  # the compiled core is not built: the server checks it later
+            pass
+        else:
+            try:
+                check_access_log_format(self.access_log_format)
+            except ValueError as exc:
+                raise ValueError(f"access_log_format: {exc}") from None
 
     def uses_supervisor(self) -> bool:
         """Whether the server runs as a master with worker processes: more than one

@@ -237,6 +237,18 @@ rswaitress options:
         Reload the workers (as SIGHUP does) whenever this file is modified;
         the way to reload on Windows.
 
+    --[no-]access-log
+        Log one line per request on the 'rswaitress.access' logger (INFO).
+        Default is off.
+
+    --access-log-format=FORMAT
+        The line, with Gunicorn's atoms: %(h)s remote address, %(u)s user,
+        %(t)s time, %(r)s request line, %(s)s status, %(b)s body bytes,
+        %(f)s referer, %(a)s user agent, %(D)s microseconds, %({{X-Name}}i)s
+        a request header, %({{X-Name}}o)s a response header, %({{VAR}}e)s an
+        environ value, and others. Default is Gunicorn's:
+        '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
 """
 
 

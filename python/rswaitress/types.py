@@ -87,3 +87,5 @@ class ServerOptions(TypedDict, total=False):
     max_requests: int | str
     max_requests_jitter: int | str
     touch_reload: str | None  # a file path
+    access_log: bool | int | str
+    access_log_format: str

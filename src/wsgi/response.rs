@@ -53,6 +53,8 @@ pub struct Response {
     pub bytes_written: u64,
     /// Bytes put on the connection (head and framing included).
     pub bytes_sent: u64,
+    /// Body bytes put on the connection (none for HEAD or a body-less status).
+    pub body_sent: u64,
     /// The connection must close after this response.
     pub close: bool,
     pub disconnected: bool,
@@ -74,6 +76,7 @@ impl Response {
             framing: None,
             bytes_written: 0,
             bytes_sent: 0,
+            body_sent: 0,
             close: false,
             disconnected: false,
             finished: false,
@@ -84,6 +87,12 @@ impl Response {
 
     pub fn wrote_header(&self) -> bool {
         self.framing.is_some()
+    }
+
+    /// The status code the head says (200 when the status line does not start with one).
+    pub fn status_code(&self) -> u16 {
+        let status = self.status.as_deref().unwrap_or("200");
+        status.get(..3).and_then(|c| c.parse().ok()).unwrap_or(200)
     }
 
     pub fn is_finished(&self) -> bool {
@@ -162,6 +171,7 @@ impl Response {
             n += 1;
         }
         let size_line;
+        let mut body = 0u64;
         if !data.is_empty() {
             if !framing.has_body {
                 self.bytes_written += data.len() as u64;
@@ -174,6 +184,7 @@ impl Response {
             } else if framing.chunked {
                 self.bytes_written += data.len() as u64;
                 if !self.is_head {
+                    body = data.len() as u64;
                     size_line = chunk_header(data.len());
                     parts[n] = &size_line;
                     parts[n + 1] = data;
@@ -195,6 +206,7 @@ impl Response {
                 }
                 self.bytes_written += piece.len() as u64;
                 if !self.is_head && !piece.is_empty() {
+                    body = piece.len() as u64;
                     parts[n] = piece;
                     n += 1;
                 }
@@ -206,6 +218,7 @@ impl Response {
         let total: u64 = parts[..n].iter().map(|p| p.len() as u64).sum();
         let pending = self.put("writing a response", |st| st.send(&parts[..n]))?;
         self.bytes_sent += total;
+        self.body_sent += body;
         Ok(self.flow(pending))
     }
 
@@ -300,6 +313,7 @@ impl Response {
         }
         let pending = self.put("sending a file", |st| st.send_file(region.file, region.offset, size))?;
         self.bytes_sent += size;
+        self.body_sent += size;
         Ok(self.flow(pending))
     }
 

@@ -92,7 +92,7 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
             pool.finished();
             next = finish(shared, &conn, close);
         }
-        if logging::pending() {
+        if logging::due() {
             let _ = logging::deliver(py);
         }
     }
@@ -122,7 +122,7 @@ fn finish(shared: &Shared, conn: &Conn, close: bool) -> Option<Request> {
 
 /// Serves one request; returns whether the connection must close afterwards.
 fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> bool {
-    let Request { head, body, .. } = req;
+    let Request { head, body, ready_at } = req;
     let side = RequestSide {
         version: head.version,
         keep_alive: head.keep_alive,
@@ -136,8 +136,15 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
             return true;
         }
     };
+    let access = ctx.shared.cfg.access_log.as_deref();
+    let mut kept_environ: Option<Bound<'_, PyDict>> = None;
     let outcome = environ::build(py, &ctx.consts, conn, &head, body)
-        .and_then(|env| ctx.app.bind(py).call1((env, &sr)))
+        .and_then(|env| {
+            if access.is_some_and(|f| !f.environ_names().is_empty()) {
+                kept_environ = Some(env.clone());
+            }
+            ctx.app.bind(py).call1((env, &sr))
+        })
         .and_then(|iterable| {
             let sent = send_body(py, sr.get(), &iterable);
             let closed = close_iterable(py, &iterable);
@@ -150,47 +157,127 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
         });
 
     let mut resp = sr.get().lock(py);
-    if let Err(err) = outcome {
+    // What the access log shows: the status sent and the body bytes put on the wire.
+    let mut logged = (resp.status_code(), resp.wrote_header().then_some(resp.body_sent));
+    let close = if let Err(err) = outcome {
         resp.abandon();
+        logged.1 = resp.wrote_header().then_some(resp.body_sent);
         let path = logged_path(&head.uri);
         if err.is_instance_of::<ClientDisconnected>(py) || resp.disconnected {
             let _ = ctx
                 .logger
                 .bind(py)
                 .call_method1(intern!(py, "info"), (format!("Client disconnected while serving {path}"),));
-            return true;
-        }
-        log_exception(py, &ctx.logger, &format!("Exception while serving {path}"), &err);
-        if resp.wrote_header() {
-            return true;
-        }
-        let body = if ctx.shared.cfg.expose_tracebacks {
-            format_traceback(py, &err)
         } else {
-            "The server encountered an unexpected internal server error".to_string()
-        };
-        let page = error_response(&HttpError::new(500, body), side.version, &ctx.shared.cfg.ident);
-        let mut st = conn.st.lock();
-        if st.phase == Phase::Serving {
-            // What the socket does not take now is flushed by the reactor once finish()
-            // hands the connection back.
-            if let Err(e) = st.send(&[&page]) {
-                ctx.shared.log_socket_error("sending an error response", &e);
-                ctx.shared.close(conn, &mut st);
+            log_exception(py, &ctx.logger, &format!("Exception while serving {path}"), &err);
+            if !resp.wrote_header() {
+                let text = if ctx.shared.cfg.expose_tracebacks {
+                    format_traceback(py, &err)
+                } else {
+                    "The server encountered an unexpected internal server error".to_string()
+                };
+                let page = error_response(&HttpError::new(500, text), side.version, &ctx.shared.cfg.ident);
+                let body_len =
+                    page.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |h| page.len() - h - 4);
+                let mut st = conn.st.lock();
+                if st.phase == Phase::Serving {
+                    // What the socket does not take now is flushed by the reactor once
+                    // finish() hands the connection back.
+                    match st.send(&[&page]) {
+                        Ok(_) => logged = (500, Some(body_len as u64)),
+                        Err(e) => {
+                            ctx.shared.log_socket_error("sending an error response", &e);
+                            ctx.shared.close(conn, &mut st);
+                        }
+                    }
+                }
             }
         }
-        return true;
-    }
-    if let (Some(cl), false) = (resp.content_length, resp.is_head) {
-        let has_body = resp.framing.is_some_and(|f| f.has_body && !f.chunked);
-        if has_body && resp.bytes_written != cl {
-            log::warn!(target: "rswaitress",
-                "application returned too few bytes ({}) for specified Content-Length ({}) via app_iter",
-                resp.bytes_written, cl);
-            return true;
+        true
+    } else {
+        let mut close = resp.close;
+        if let (Some(cl), false) = (resp.content_length, resp.is_head) {
+            let has_body = resp.framing.is_some_and(|f| f.has_body && !f.chunked);
+            if has_body && resp.bytes_written != cl {
+                log::warn!(target: "rswaitress",
+                    "application returned too few bytes ({}) for specified Content-Length ({}) via app_iter",
+                    resp.bytes_written, cl);
+                close = true;
+            }
         }
+        close
+    };
+    if let Some(format) = access {
+        let line =
+            access_line(py, format, conn, &head, &resp.headers, logged, ready_at, kept_environ.as_ref());
+        logging::access(py, line);
     }
-    resp.close
+    close
+}
+
+/// Formats the access log line of a request.
+#[allow(clippy::too_many_arguments)]
+fn access_line(
+    py: Python<'_>,
+    format: &crate::access_log::Format,
+    conn: &Conn,
+    head: &crate::http::request::RequestHead,
+    response_headers: &[(String, String)],
+    (status, body_sent): (u16, Option<u64>),
+    ready_at: std::time::Instant,
+    environ: Option<&Bound<'_, PyDict>>,
+) -> String {
+    let time = if format.uses_time() { clf_time(py) } else { String::new() };
+    let values: Vec<Option<String>> =
+        format.environ_names().iter().map(|name| environ.and_then(|env| environ_value(env, name))).collect();
+    let request_headers = |cgi: &[u8]| head.header(cgi).map(<[u8]>::to_vec);
+    let path_info = environ::path_info(&head.uri, &[]);
+    let entry = crate::access_log::Entry {
+        remote_addr: &conn.remote_addr,
+        method: &head.method,
+        uri: &head.uri,
+        path_info: &path_info,
+        protocol: head.version.as_str(),
+        request_headers: &request_headers,
+        response_headers,
+        status,
+        body_sent,
+        duration: ready_at.elapsed(),
+        time: &time,
+        environ: &values,
+    };
+    format.render(&entry)
+}
+
+/// An environ value as text, looked up as Gunicorn does: by name, without regard to case.
+fn environ_value(env: &Bound<'_, PyDict>, name: &str) -> Option<String> {
+    let found = env.get_item(name).ok().flatten().or_else(|| {
+        env.iter()
+            .find(|(k, _)| k.extract::<String>().is_ok_and(|k| k.eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v)
+    })?;
+    found.str().ok().map(|s| s.to_string())
+}
+
+/// The time in the Common Log Format, `[10/Oct/2000:13:55:36 -0700]`, in local time as
+/// Python's time.strftime gives it; made at most once a second per thread.
+fn clf_time(py: Python<'_>) -> String {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let made = (|| -> PyResult<String> {
+                let time = py.import(intern!(py, "time"))?;
+                let local = time.call_method1(intern!(py, "localtime"), (secs,))?;
+                time.call_method1(intern!(py, "strftime"), ("[%d/%b/%Y:%H:%M:%S %z]", local))?.extract()
+            })();
+            *c = (secs, made.unwrap_or_else(|_| "[-]".to_string()));
+        }
+        c.1.clone()
+    })
 }
 
 /// The request path as Waitress logs it: percent-decoded, each byte one latin-1 character.

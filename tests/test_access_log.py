@@ -1,0 +1,164 @@
+"""The access log (``access_log=True``): one line per request on ``rswaitress.access`` at
+INFO, with Gunicorn's atoms, checked against what was sent and served over real sockets.
+"""
+
+import base64
+import http.client
+import logging
+import os
+import threading
+
+import pytest
+
+import apps
+from helpers import WAIT
+from rawhttp import RawClient, parse_response, request, send_raw, wait_until
+
+
+@pytest.fixture
+def access(caplog):
+    """``access.lines(n)``: waits for ``n`` access log lines and returns them."""
+    caplog.set_level(logging.INFO, logger="rswaitress.access")
+
+    class Access:
+        @staticmethod
+        def records():
+            return [r for r in list(caplog.records) if r.name == "rswaitress.access"]
+
+        @classmethod
+        def lines(cls, n):
+            assert wait_until(lambda: len(cls.records()) >= n, WAIT), cls.records()
+            return [r.getMessage() for r in cls.records()]
+
+    return Access
+
+
+def _app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/304":
+        start_response("304 Not Modified", [("ETag", '"x"')])
+        return [b""]
+    if path == "/cut":
+        # Promises 100 bytes, gives 10: the connection is closed after them.
+        start_response("200 OK", [("Content-Length", "100")])
+        return [b"0123456789"]
+    if path == "/chunked":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"abc", b"defg"])
+    if path == "/boom":
+        raise RuntimeError("boom")
+    body = b"hello body"
+    start_response("201 Created", [("Content-Length", str(len(body))), ("X-Out", "out-value")])
+    return [body]
+
+
+def test_every_atom(make_server, access):
+    fmt = ("%(h)s|%(l)s|%(u)s|%(r)s|%(m)s|%(U)s|%(q)s|%(H)s|%(s)s|%(B)s|%(b)s|%(f)s|%(a)s"
+           "|%(T)s|%(M)s|%(D)s|%(L)s|%(p)s|%({X-Trace}i)s|%({x-out}o)s|%({REQUEST_METHOD}e)s"
+           "|%({nope}e)s|%(zz)s|%(t)s")
+    srv = make_server(_app, access_log=True, access_log_format=fmt)
+    auth = base64.b64encode(b"alice:secret").decode()
+    resp = parse_response(send_raw(srv.addr, request("GET", "/a%20b/c?x=1&y=2", headers=[
+        ("Authorization", f"Basic {auth}"), ("Referer", "http://ref.example/"),
+        ("User-Agent", "tester/1.0"), ("X-Trace", "t-42"), ("Connection", "close")])))
+    assert resp.status == 201
+    (line,) = access.lines(1)
+    f = line.split("|")
+    assert f[:13] == ["127.0.0.1", "-", "alice", "GET /a%20b/c?x=1&y=2 HTTP/1.1", "GET", "/a b/c",
+                      "x=1&y=2", "HTTP/1.1", "201", "10", "10", "http://ref.example/",
+                      "tester/1.0"]
+    seconds, millis, micros, decimal = int(f[13]), int(f[14]), int(f[15]), float(f[16])
+    assert seconds == millis // 1000 == micros // 1_000_000
+    assert millis == micros // 1000
+    assert abs(decimal - micros / 1e6) < 1e-6
+    assert f[17] == f"<{os.getpid()}>"
+    assert f[18:23] == ["t-42", "out-value", "GET", "-", "-"]
+    assert f[23].startswith("[") and f[23].endswith("]") and len(f[23]) == 28
+
+
+def test_default_format_is_gunicorns(make_server, access):
+    srv = make_server(_app, access_log=True)
+    send_raw(srv.addr, request("GET", "/x", headers=[("Connection", "close")]))
+    (line,) = access.lines(1)
+    head, rest = line.split(" [", 1)
+    assert head == "127.0.0.1 - -"
+    assert rest.split("] ", 1)[1] == '"GET /x HTTP/1.1" 201 10 "-" "-"'
+
+
+@pytest.mark.parametrize("method, path, status, sent", [
+    ("HEAD", "/", 201, "0"),           # no body goes out for HEAD
+    ("GET", "/304", 304, "0"),         # nor for 304
+    ("GET", "/cut", 200, "10"),        # what was sent, not what was promised
+    ("GET", "/chunked", 200, "7"),     # body bytes, without the chunk framing
+    ("GET", "/boom", 500, None),       # the server's error page
+])
+def test_status_and_bytes_are_what_was_sent(make_server, access, method, path, status, sent):
+    srv = make_server(_app, access_log=True, access_log_format="%(s)s %(b)s")
+    data = request(method, path, headers=[("Connection", "close")])
+    resp = parse_response(send_raw(srv.addr, data), method=method)
+    assert resp.status == status
+    (line,) = access.lines(1)
+    code, bytes_sent = line.split()
+    assert int(code) == status
+    if sent is None:
+        assert int(bytes_sent) == len(resp.body) > 0
+    else:
+        assert bytes_sent == sent
+
+
+def test_client_bytes_are_escaped(make_server, access):
+    srv = make_server(_app, access_log=True, access_log_format='"%(r)s" "%(a)s" %({x-h}i)s')
+    raw = (b'GET /q"uote\\ HTTP/1.1\r\nHost: x\r\nUser-Agent: evil" 200 "fake\r\n'
+           b"X-H: caf\xc3\xa9\r\nConnection: close\r\n\r\n")
+    assert parse_response(send_raw(srv.addr, raw)).status == 201
+    (line,) = access.lines(1)
+    assert line == '"GET /q\\"uote\\\\ HTTP/1.1" "evil\\" 200 \\"fake" caf\\xc3\\xa9'
+
+
+def test_exact_line_count_under_concurrent_load(make_server, access):
+    srv = make_server(apps.hello, access_log=True, access_log_format="%(U)s %(s)s", threads=4)
+    clients, per_client = 8, 250
+    errors = []
+
+    def client(i):
+        try:
+            conn = http.client.HTTPConnection(*srv.addr, timeout=WAIT)
+            for n in range(per_client):
+                conn.request("GET", f"/c{i}/r{n}")
+                r = conn.getresponse()
+                r.read()
+                assert r.status == 200
+            conn.close()
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert not errors
+    lines = access.lines(clients * per_client)
+    assert len(lines) == clients * per_client
+    # Complete, never interleaved: every line is exactly one request's.
+    expected = [f"/c{i}/r{n} 200" for i in range(clients) for n in range(per_client)]
+    assert sorted(lines) == sorted(expected)
+
+
+def test_off_by_default(make_server, access):
+    srv = make_server(_app)
+    with RawClient(srv.addr) as c:
+        c.send(request("GET", "/"))
+        assert c.read_response().status == 201
+    # A request logged would be delivered before the connection's next exchange ends.
+    srv2 = make_server(_app, access_log=True, access_log_format="%(U)s")
+    send_raw(srv2.addr, request("GET", "/marker", headers=[("Connection", "close")]))
+    assert access.lines(1) == ["/marker"]
+
+
+def test_bad_formats_are_refused_at_once():
+    import rswaitress
+
+    for bad, what in [("%(h)s %", "doubled"), ("%(h", "unterminated"), ("%d", "atom")]:
+        with pytest.raises(ValueError, match=f"access_log_format: .*{what}"):
+            rswaitress.create_server(_app, host="127.0.0.1", port=0, access_log_format=bad)
