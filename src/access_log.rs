@@ -286,7 +286,8 @@ fn render_atom<'a>(
             let _ = write!(out, "{}", e.duration.as_micros());
         }
         Atom::DecimalSeconds => {
-            let _ = write!(out, "{:.6}", e.duration.as_secs_f64());
+            // Whole microseconds, as D shows them (Gunicorn: "%d.%06d").
+            let _ = write!(out, "{}.{:06}", e.duration.as_secs(), e.duration.subsec_micros());
         }
         Atom::Pid => {
             let _ = write!(out, "<{}>", std::process::id());

@@ -32,6 +32,8 @@ use crate::wsgi::worker::WorkerCtx;
 /// How long run() waits at most between looks at signals and logs (a signal arriving
 /// through the wakeup descriptor, or a log record, wakes it sooner).
 const MAIN_TICK: Duration = Duration::from_millis(200);
+/// How often run() calls its `on_tick` callback.
+const ON_TICK: Duration = Duration::from_secs(1);
 /// The poller key of the signal wakeup socket.
 const WAKEUP_KEY: usize = 1;
 
@@ -78,8 +80,14 @@ impl Server {
     /// stop begins (the listening sockets are closed by then). A signal's exception
     /// (KeyboardInterrupt, SystemExit) starts a graceful stop and is raised once the
     /// reactor has finished; a second one stops at once.
-    #[pyo3(signature = (wakeup_fd=None, on_stop=None))]
-    fn run(&self, py: Python<'_>, wakeup_fd: Option<i64>, on_stop: Option<PyObject>) -> PyResult<()> {
+    #[pyo3(signature = (wakeup_fd=None, on_stop=None, on_tick=None))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        wakeup_fd: Option<i64>,
+        on_stop: Option<PyObject>,
+        on_tick: Option<PyObject>,
+    ) -> PyResult<()> {
         let wakeup = match wakeup_fd {
             Some(fd) => Some(wakeup_socket(fd, &self.shared).map_err(os_error)?),
             None => None,
@@ -92,6 +100,7 @@ impl Server {
         logging::add_waker(&self.shared.main_waker);
         let mut first_error: Option<PyErr> = None;
         let mut told_stop = false;
+        let mut next_tick = std::time::Instant::now() + ON_TICK;
         let mut events = Events::new();
         loop {
             let waker = &self.shared.main_waker;
@@ -118,6 +127,12 @@ impl Server {
                     if let Err(e) = cb.call0(py) {
                         e.print(py);
                     }
+                }
+            }
+            if let Some(cb) = on_tick.as_ref().filter(|_| std::time::Instant::now() >= next_tick) {
+                next_tick = std::time::Instant::now() + ON_TICK;
+                if let Err(e) = cb.call0(py) {
+                    e.print(py);
                 }
             }
             if self.shared.is_finished() {
@@ -210,10 +225,18 @@ fn check_access_log_format(format: &str) -> PyResult<()> {
     access_log::Format::parse(format).map(|_| ()).map_err(pyo3::exceptions::PyValueError::new_err)
 }
 
+/// Sends access log lines straight to these files, `[(fd, prefix, suffix), ...]`, or
+/// through Python logging (None). See python/rswaitress/access.py.
+#[pyfunction]
+fn set_access_sinks(sinks: Option<Vec<logging::SinkSpec>>) -> PyResult<()> {
+    logging::set_access_sinks(sinks).map_err(os_error)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add_function(wrap_pyfunction!(check_access_log_format, m)?)?;
+    m.add_function(wrap_pyfunction!(set_access_sinks, m)?)?;
     m.add("DEFAULT_ACCESS_LOG_FORMAT", access_log::DEFAULT_FORMAT)?;
     m.add_class::<Server>()?;
     m.add_class::<FileWrapper>()?;

@@ -68,11 +68,118 @@ impl log::Log for Deferred {
     fn flush(&self) {}
 }
 
+/// A file the access log's lines go to directly (see python/rswaitress/access.py): the
+/// core's own duplicate of a logging handler's stream, and what the handler would write
+/// around each message.
+struct Sink {
+    file: std::fs::File,
+    prefix: Vec<u8>,
+    suffix: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+/// What Python describes a direct sink with: (descriptor, prefix, suffix).
+pub type SinkSpec = (i64, Vec<u8>, Vec<u8>);
+
+/// The direct route's sinks and the description they were made from; None: every line
+/// goes through Python logging.
+static SINKS: Mutex<Option<(Vec<SinkSpec>, Vec<Sink>)>> = Mutex::new(None);
+/// Buffered bytes per sink before they are written.
+const SINK_BUFFER: usize = 16 * 1024;
+
+impl Sink {
+    fn write_out(&mut self) {
+        use std::io::Write;
+        if !self.buf.is_empty() {
+            // An error (a full disk, a closed pipe) loses these lines, as a failing
+            // logging handler would; the server goes on.
+            let _ = self.file.write_all(&self.buf);
+            self.buf.clear();
+        }
+    }
+}
+
+/// Routes access lines to these descriptors directly (None: through Python logging).
+/// Unchanged descriptions keep their sinks; the core works on duplicates of the
+/// descriptors, so a handler's file closed meanwhile cannot turn into another file.
+pub fn set_access_sinks(wanted: Option<Vec<SinkSpec>>) -> std::io::Result<()> {
+    let mut sinks = SINKS.lock();
+    if sinks.as_ref().map(|(desc, _)| desc) == wanted.as_ref() {
+        return Ok(());
+    }
+    if let Some((_, old)) = sinks.as_mut() {
+        for sink in old.iter_mut() {
+            sink.write_out();
+        }
+    }
+    *sinks = match wanted {
+        None => None,
+        Some(desc) => {
+            let mut made = Vec::with_capacity(desc.len());
+            for (fd, prefix, suffix) in &desc {
+                made.push(Sink {
+                    file: duplicate_file(*fd)?,
+                    prefix: prefix.clone(),
+                    suffix: suffix.clone(),
+                    buf: Vec::new(),
+                });
+            }
+            Some((desc, made))
+        }
+    };
+    Ok(())
+}
+
+#[cfg(unix)]
+fn duplicate_file(fd: i64) -> std::io::Result<std::fs::File> {
+    use std::os::fd::BorrowedFd;
+    let fd = i32::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid descriptor"))?;
+    // SAFETY: the descriptor belongs to a logging handler's open stream, which the caller
+    // holds for this call; it is only borrowed to make an owned duplicate.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    Ok(std::fs::File::from(borrowed.try_clone_to_owned()?))
+}
+
+#[cfg(not(unix))]
+fn duplicate_file(_fd: i64) -> std::io::Result<std::fs::File> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "direct access log sinks are Unix-only"))
+}
+
+/// Writes out what the direct sinks hold.
+fn flush_sinks() {
+    if let Some((_, sinks)) = SINKS.lock().as_mut() {
+        for sink in sinks.iter_mut() {
+            sink.write_out();
+        }
+    }
+}
+
 /// Queues an access log line (the caller holds the GIL, so it may deliver at once when
 /// too many lines wait). Lines are delivered in batches by the pool threads (when a batch
 /// is full, and before a thread waits for work) or by the run() thread's tick; they do
-/// not wake the run() thread, which would only take the GIL from a pool thread.
+/// not wake the run() thread, which would only take the GIL from a pool thread. With
+/// direct sinks, the line is added to their buffers instead.
 pub fn access(py: Python<'_>, line: String) {
+    {
+        let mut sinks = SINKS.lock();
+        if let Some((_, sinks)) = sinks.as_mut() {
+            for sink in sinks.iter_mut() {
+                sink.buf.extend_from_slice(&sink.prefix);
+                sink.buf.extend_from_slice(line.as_bytes());
+                sink.buf.extend_from_slice(&sink.suffix);
+                if sink.buf.len() >= SINK_BUFFER {
+                    sink.write_out();
+                }
+            }
+            if !sinks.is_empty() {
+                ACCESS_PENDING.store(true, Ordering::Release);
+            }
+            return;
+        }
+    }
     let many = {
         let mut q = ACCESS.lock();
         q.push_back(line);
@@ -171,6 +278,7 @@ pub fn deliver(py: Python<'_>) -> PyResult<()> {
     // Never wait for this lock while holding the GIL: the thread that has it may be
     // waiting for the GIL inside a logging call.
     let Some(_delivering) = DELIVERING.try_lock() else { return Ok(()) };
+    flush_sinks();
     let mut interrupt: Option<PyErr> = None;
     loop {
         let lines = {

@@ -5,6 +5,7 @@ INFO, with Gunicorn's atoms, checked against what was sent and served over real 
 import base64
 import http.client
 import logging
+import logging.handlers
 import os
 import threading
 
@@ -70,7 +71,7 @@ def test_every_atom(make_server, access):
     seconds, millis, micros, decimal = int(f[13]), int(f[14]), int(f[15]), float(f[16])
     assert seconds == millis // 1000 == micros // 1_000_000
     assert millis == micros // 1000
-    assert abs(decimal - micros / 1e6) < 1e-6
+    assert round(decimal * 1e6) == micros
     assert f[17] == f"<{os.getpid()}>"
     assert f[18:23] == ["t-42", "out-value", "GET", "-", "-"]
     assert f[23].startswith("[") and f[23].endswith("]") and len(f[23]) == 28
@@ -162,3 +163,105 @@ def test_bad_formats_are_refused_at_once():
     for bad, what in [("%(h)s %", "doubled"), ("%(h", "unterminated"), ("%d", "atom")]:
         with pytest.raises(ValueError, match=f"access_log_format: .*{what}"):
             rswaitress.create_server(_app, host="127.0.0.1", port=0, access_log_format=bad)
+
+
+# --- lines written by the core itself when logging would do exactly that ---------------
+
+
+@pytest.fixture
+def scratch_logger():
+    """A logger name, its handlers removed and propagation restored at teardown."""
+    names = []
+
+    def make(name):
+        names.append(name)
+        return logging.getLogger(name)
+
+    yield make
+    for name in names:
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+            h.close()
+        lg.filters.clear()
+        lg.propagate = True
+        lg.setLevel(logging.NOTSET)
+
+
+def test_which_configurations_the_core_writes_itself(scratch_logger, tmp_path):
+    from rswaitress.access import fast_sinks
+
+    lg = scratch_logger("rsw.test.sinks")
+    lg.propagate = False
+    lg.setLevel(logging.INFO)
+    assert fast_sinks("rsw.test.sinks") == []  # no handler: INFO goes nowhere
+    h = logging.FileHandler(tmp_path / "a.log")
+    h.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    lg.addHandler(h)
+    ((fd, prefix, suffix),) = fast_sinks("rsw.test.sinks")
+    assert fd == h.stream.fileno()
+    assert (prefix, suffix) == (b"INFO:rsw.test.sinks:", b"\n")
+    h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    assert fast_sinks("rsw.test.sinks") is None, "a time in the format: logging does it"
+    h.setFormatter(logging.Formatter("{message}", style="{"))
+    assert fast_sinks("rsw.test.sinks") is None
+    h.setFormatter(None)
+    assert fast_sinks("rsw.test.sinks")[0][1:] == (b"", b"\n")
+    h.addFilter(lambda record: True)
+    assert fast_sinks("rsw.test.sinks") is None, "a filter: logging does it"
+    h.filters.clear()
+    lg.addHandler(logging.handlers.RotatingFileHandler(tmp_path / "r.log"))
+    assert fast_sinks("rsw.test.sinks") is None, "rotation: logging does it"
+    for extra in list(lg.handlers[1:]):
+        lg.removeHandler(extra)
+        extra.close()
+    lg.setLevel(logging.WARNING)
+    assert fast_sinks("rsw.test.sinks") == [], "INFO disabled: dropped, as logging would"
+
+
+def test_the_core_writes_the_bytes_logging_would(make_server, scratch_logger, tmp_path):
+    lg = scratch_logger("rswaitress.access")
+    lg.propagate = False
+    lg.setLevel(logging.INFO)
+    path = tmp_path / "access.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s |"))
+    lg.addHandler(handler)
+    srv = make_server(_app, access_log=True, access_log_format="%(m)s %(U)s %(s)s")
+    with RawClient(srv.addr) as c:
+        for n in range(50):
+            c.send(request("GET", f"/r{n}"))
+            assert c.read_response().status == 201
+    expected = "".join(f"INFO rswaitress.access: GET /r{n} 201 |\n" for n in range(50))
+    assert wait_until(lambda: path.read_text() == expected, WAIT), path.read_text()
+
+
+def test_a_filter_added_later_takes_effect(make_server, scratch_logger, tmp_path):
+    lg = scratch_logger("rswaitress.access")
+    lg.propagate = False
+    lg.setLevel(logging.INFO)
+    path = tmp_path / "access.log"
+    handler = logging.FileHandler(path)
+    lg.addHandler(handler)
+    srv = make_server(_app, access_log=True, access_log_format="%(U)s")
+    seen = []
+
+    def drop_secret(record):
+        seen.append(record.getMessage())
+        return "secret" not in record.getMessage()
+
+    handler.addFilter(drop_secret)
+    # The core looks at the configuration about once a second; from then on every line
+    # goes through logging, and the filter sees (and drops) the secret ones.
+    n = 0
+
+    def through_filter():
+        nonlocal n
+        n += 1
+        send_raw(srv.addr, request("GET", f"/secret{n}", headers=[("Connection", "close")]))
+        return any(m == f"/secret{n}" for m in seen)
+
+    assert wait_until(through_filter, WAIT)
+    send_raw(srv.addr, request("GET", "/visible", headers=[("Connection", "close")]))
+    assert wait_until(lambda: "/visible" in path.read_text(), WAIT)
+    assert f"/secret{n}" not in path.read_text()

@@ -9,13 +9,16 @@ from rswaitress.adjustments import Adjustments
 
 __all__ = [
     "Server", "FileWrapper", "InputStream", "ClientDisconnected", "check_access_log_format",
-    "DEFAULT_ACCESS_LOG_FORMAT",
+    "DEFAULT_ACCESS_LOG_FORMAT", "set_access_sinks",
 ]
 
 DEFAULT_ACCESS_LOG_FORMAT: str
 
 def check_access_log_format(format: str) -> None:
     """Checks an access log format (Gunicorn's syntax); ValueError says what is wrong."""
+
+def set_access_sinks(sinks: list[tuple[int, bytes, bytes]] | None) -> None:
+    """Sends access log lines straight to these files, or through logging (None)."""
 
 @final
 class Server:
@@ -28,7 +31,10 @@ class Server:
         keep owning the descriptors."""
 
     def run(
-        self, wakeup_fd: int | None = None, on_stop: Callable[[], object] | None = None
+        self,
+        wakeup_fd: int | None = None,
+        on_stop: Callable[[], object] | None = None,
+        on_tick: Callable[[], object] | None = None,
     ) -> None:
         """Runs the reactor on a thread of its own and waits for it, handling signals and
         log delivery meanwhile. ``wakeup_fd`` is the reading end of the socket given to

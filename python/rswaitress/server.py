@@ -288,7 +288,11 @@ class BaseWSGIServer:
         wakeup = _SignalWakeup.install()
         self._start_threads()
         try:
-            self._core.run(wakeup.fileno() if wakeup else None, self._stopping)
+            on_tick = None
+            if self.adj.access_log:
+                self._route_access_log()
+                on_tick = self._route_access_log
+            self._core.run(wakeup.fileno() if wakeup else None, self._stopping, on_tick)
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:
@@ -302,6 +306,16 @@ class BaseWSGIServer:
             self._close_sockets()
             _RUNNING.discard(self)
             self._run_done.set()
+
+    def _route_access_log(self) -> None:
+        """Lets the core write access lines to the logging handlers' files itself when
+        that is exactly what logging would do (rswaitress.access explains when)."""
+        from rswaitress.access import fast_sinks
+
+        try:
+            _core.set_access_sinks(fast_sinks())
+        except OSError:
+            _core.set_access_sinks(None)
 
     def _stopping(self) -> None:
         """A stop has begun: the core no longer accepts; the sockets are closed here too
