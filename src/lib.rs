@@ -10,6 +10,8 @@ mod connection;
 pub mod http;
 mod listener;
 mod logging;
+#[allow(dead_code)] // Not wired into the reactor, the pool and the supervisor yet.
+mod metrics;
 mod pool;
 mod reactor;
 mod wsgi;
