@@ -10,8 +10,8 @@ mod connection;
 pub mod http;
 mod listener;
 mod logging;
-#[allow(dead_code)] // Not wired into the reactor, the pool and the supervisor yet.
 mod metrics;
+mod metrics_hub;
 mod pool;
 mod reactor;
 mod wsgi;
@@ -27,6 +27,7 @@ use socket2::Socket;
 
 use crate::config::Config;
 use crate::listener::{Listener, ListenerInfo};
+use crate::metrics_hub::{MetricsHub, SharedBlock};
 use crate::reactor::Shared;
 use crate::wsgi::file_wrapper::FileWrapper;
 use crate::wsgi::worker::WorkerCtx;
@@ -53,25 +54,111 @@ fn os_error(e: std::io::Error) -> PyErr {
     PyOSError::new_err(e.to_string())
 }
 
+fn adopt(fd: i64, info: ListenerInfo) -> PyResult<Listener> {
+    Listener::adopt(fd, info).map_err(|e| PyOSError::new_err(format!("cannot serve on descriptor {fd}: {e}")))
+}
+
+/// A master's metrics listener: `/metrics` over every worker's block (in memory shared
+/// with the workers), `/healthz`, `/readyz`, answered on a reactor thread of its own.
+#[pyclass(module = "rswaitress._core", frozen)]
+struct MetricsServer {
+    shared: Arc<Shared>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<std::io::Result<()>>>>,
+}
+
+#[pymethods]
+impl MetricsServer {
+    #[new]
+    fn new(fd: i64, adj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let cfg = Config::from_adjustments(adj)?;
+        let listener = adopt(fd, ListenerInfo { server_port: String::new(), is_unix: false, metrics: true })?;
+        let shared = Shared::with_metrics(cfg, vec![listener], MetricsHub::master()).map_err(os_error)?;
+        Ok(MetricsServer { shared: Arc::new(shared), thread: parking_lot::Mutex::new(None) })
+    }
+
+    /// Starts answering (on a thread of its own).
+    fn start(&self) -> PyResult<()> {
+        let shared = self.shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("rswaitress-metrics".into())
+            .spawn(move || reactor::run(&shared))
+            .map_err(os_error)?;
+        *self.thread.lock() = Some(handle);
+        Ok(())
+    }
+
+    /// Shows a worker's metrics block under `label` (replacing the block shown before).
+    fn attach(
+        &self,
+        label: String,
+        address: usize,
+        size: usize,
+        keep: PyObject,
+        restarts: u64,
+    ) -> PyResult<()> {
+        // SAFETY: the caller passes the address and size of a mapping owned by `keep`,
+        // used only as a metrics block.
+        let block = unsafe { SharedBlock::new(address, size, keep) }
+            .map_err(pyo3::exceptions::PyValueError::new_err)?;
+        self.shared.metrics.attach(label, block, restarts);
+        Ok(())
+    }
+
+    fn detach(&self, label: &str) {
+        self.shared.metrics.detach(label);
+    }
+
+    fn set_master(&self, workers_configured: u64, ready: bool) {
+        self.shared.metrics.set_master(workers_configured, ready);
+    }
+
+    /// Stops answering and waits for the thread.
+    fn close(&self, py: Python<'_>) {
+        self.shared.abort();
+        if let Some(handle) = self.thread.lock().take() {
+            let _ = py.allow_threads(|| handle.join());
+        }
+        self.shared.release_listeners();
+    }
+}
+
 #[pymethods]
 impl Server {
     /// `listeners` are `(fd, server_port, is_unix)`: listening sockets the caller keeps
     /// open for the duration of this call (the core works on duplicates).
+    ///
+    /// `metrics_fd`: a listening socket answered with `/metrics`, `/healthz` and
+    /// `/readyz` by the reactor. `metrics_block`: `(address, size, keep)`, memory shared
+    /// with a master to keep this worker's metrics in (`keep` owns the mapping).
     #[new]
+    #[pyo3(signature = (app, listeners, adj, metrics_fd=None, metrics_block=None))]
     fn new(
         py: Python<'_>,
         app: PyObject,
         listeners: Vec<(i64, String, bool)>,
         adj: &Bound<'_, PyAny>,
+        metrics_fd: Option<i64>,
+        metrics_block: Option<(usize, usize, PyObject)>,
     ) -> PyResult<Self> {
         let cfg = Config::from_adjustments(adj)?;
-        let mut adopted = Vec::with_capacity(listeners.len());
+        let mut adopted = Vec::with_capacity(listeners.len() + 1);
         for (fd, server_port, is_unix) in listeners {
-            let l = Listener::adopt(fd, ListenerInfo { server_port, is_unix })
-                .map_err(|e| PyOSError::new_err(format!("cannot serve on descriptor {fd}: {e}")))?;
-            adopted.push(l);
+            adopted.push(adopt(fd, ListenerInfo { server_port, is_unix, metrics: false })?);
         }
-        let shared = Arc::new(Shared::new(cfg, adopted).map_err(os_error)?);
+        if let Some(fd) = metrics_fd {
+            adopted
+                .push(adopt(fd, ListenerInfo { server_port: String::new(), is_unix: false, metrics: true })?);
+        }
+        let hub = match metrics_block {
+            // SAFETY: the caller passes the address and size of a mapping owned by `keep`
+            // (kept alive with it), used only as a metrics block.
+            Some((address, size, keep)) => MetricsHub::worker(
+                unsafe { SharedBlock::new(address, size, keep) }
+                    .map_err(pyo3::exceptions::PyValueError::new_err)?,
+            ),
+            None => MetricsHub::single(),
+        };
+        let shared = Arc::new(Shared::with_metrics(cfg, adopted, hub).map_err(os_error)?);
         let ctx = Arc::new(WorkerCtx::new(py, shared.clone(), app)?);
         Ok(Server { shared, ctx })
     }
@@ -241,6 +328,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_access_sinks, m)?)?;
     m.add("DEFAULT_ACCESS_LOG_FORMAT", access_log::DEFAULT_FORMAT)?;
     m.add_class::<Server>()?;
+    m.add_class::<MetricsServer>()?;
+    m.add("METRICS_SIZE", metrics::Metrics::SIZE)?;
     m.add_class::<FileWrapper>()?;
     m.add_class::<wsgi::input::InputStream>()?;
     m.add("ClientDisconnected", m.py().get_type::<wsgi::start_response::ClientDisconnected>())?;

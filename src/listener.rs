@@ -14,6 +14,8 @@ use socket2::{SockAddr, Socket, Type};
 pub struct ListenerInfo {
     pub server_port: String,
     pub is_unix: bool,
+    /// The metrics listener: its requests are answered by the reactor, never the pool.
+    pub metrics: bool,
 }
 
 pub struct Listener {
@@ -107,7 +109,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     fn info() -> ListenerInfo {
-        ListenerInfo { server_port: "0".into(), is_unix: false }
+        ListenerInfo { server_port: "0".into(), is_unix: false, metrics: false }
     }
 
     #[test]

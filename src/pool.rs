@@ -115,6 +115,11 @@ impl<T> Pool<T> {
         self.idle_count.load(Ordering::Relaxed)
     }
 
+    /// Threads serving (or woken to serve).
+    pub fn serving(&self) -> usize {
+        self.serving.load(Ordering::Relaxed)
+    }
+
     /// Queues a request and wakes a thread for it if none is serving.
     pub fn push(&self, task: T) {
         let _ = self.tx.send(Some(task));

@@ -22,6 +22,8 @@ use crate::connection::{Conn, ConnState, Interest, Parsed, Request};
 use crate::http::response::error_response;
 use crate::http::{HttpError, Version};
 use crate::listener::{peer_strings, Listener};
+use crate::metrics::CloseReason;
+use crate::metrics_hub::MetricsHub;
 use crate::pool::Pool;
 
 /// A complete request for a worker.
@@ -72,10 +74,16 @@ pub struct Shared {
     requests: AtomicU64,
     /// The stop under way was asked for by max_requests (the process is to be replaced).
     recycling: AtomicBool,
+    /// The metrics this process updates, and those its metrics listener shows.
+    pub metrics: MetricsHub,
 }
 
 impl Shared {
     pub fn new(cfg: Config, listeners: Vec<Listener>) -> io::Result<Self> {
+        Self::with_metrics(cfg, listeners, MetricsHub::single())
+    }
+
+    pub fn with_metrics(cfg: Config, listeners: Vec<Listener>, metrics: MetricsHub) -> io::Result<Self> {
         let listener_count = listeners.len();
         Ok(Shared {
             cfg,
@@ -92,18 +100,21 @@ impl Shared {
             main_waker: Arc::new(Poller::new()?),
             requests: AtomicU64::new(0),
             recycling: AtomicBool::new(false),
+            metrics,
         })
     }
 
     /// Asks for a graceful stop: no new connections, requests in progress finish (within
     /// graceful_timeout). Safe from any thread.
     pub fn request_stop(&self) {
+        self.metrics.own().set_ready(false);
         let _ = self.stop.compare_exchange(RUNNING, DRAINING, Ordering::SeqCst, Ordering::SeqCst);
         let _ = self.poller.notify();
     }
 
     /// Stops now: every connection is closed.
     pub fn abort(&self) {
+        self.metrics.own().set_ready(false);
         self.stop.store(ABORTING, Ordering::SeqCst);
         let _ = self.poller.notify();
     }
@@ -147,10 +158,12 @@ impl Shared {
     /// returned (the phase is then `Queued`): the caller hands it to the pool, or serves
     /// it itself when it is the worker that just finished the one before.
     pub fn apply(&self, conn: &Conn, st: &mut ConnState, mut event: Event) -> Option<Request> {
+        self.account(conn, st);
         let mut ready = None;
         loop {
             let prev = st.phase;
-            let (next, action) = phase::step(prev, event, st.facts(self.is_stopping()));
+            let facts = st.facts(self.is_stopping());
+            let (next, action) = phase::step(prev, event, facts);
             st.phase = next;
             match action {
                 Action::Nothing | Action::AwaitInput | Action::Dispatch => break,
@@ -168,11 +181,19 @@ impl Shared {
                     }
                     event = match st.parse(&self.cfg) {
                         Parsed::Request(req) => {
+                            if !conn.listener.metrics {
+                                self.metrics.own().in_flight_add(1);
+                            }
                             ready = Some(req);
                             Event::RequestComplete
                         }
                         Parsed::NeedMore => Event::NeedMore,
-                        Parsed::Error(err, version) => self.queue_refusal(st, &err, version),
+                        Parsed::Error(err, version) => {
+                            if !conn.listener.metrics {
+                                self.metrics.own().request_refused(err.code);
+                            }
+                            self.queue_refusal(st, &err, version)
+                        }
                     };
                 }
                 Action::HalfClose => {
@@ -186,7 +207,7 @@ impl Shared {
                     break;
                 }
                 Action::Close => {
-                    self.close(conn, st);
+                    self.close(conn, st, close_reason(prev, event, facts));
                     return None;
                 }
             }
@@ -247,12 +268,26 @@ impl Shared {
         self.cfg.recv_bytes.saturating_mul(self.cfg.channel_request_lookahead)
     }
 
+    /// Moves a connection's byte counts into the metrics.
+    fn account(&self, conn: &Conn, st: &mut ConnState) {
+        let (received, sent) = st.take_io();
+        if !conn.listener.metrics && (received | sent) != 0 {
+            let m = self.metrics.own();
+            m.add_bytes_in(received);
+            m.add_bytes_out(sent);
+        }
+    }
+
     /// Closes a connection (idempotent): deregisters and closes the socket, wakes a
     /// worker waiting on back-pressure. The caller holds its lock.
-    pub fn close(&self, conn: &Conn, st: &mut ConnState) {
+    pub fn close(&self, conn: &Conn, st: &mut ConnState, reason: CloseReason) {
+        self.account(conn, st);
         if let Some(sock) = st.close() {
             let _ = self.poller.delete(&sock);
             drop(sock);
+            if !conn.listener.metrics {
+                self.metrics.own().connection_closed(reason);
+            }
         }
         conn.drained.notify_all();
         let remaining = {
@@ -271,6 +306,24 @@ impl Shared {
         }
     }
 
+    /// Answers a request on the metrics listener, on the reactor (no Python, no pool):
+    /// `/metrics`, `/healthz`, `/readyz`; then the connection closes.
+    fn answer_metrics(&self, conn: &Conn, st: &mut ConnState, req: &Request) {
+        self.apply(conn, st, Event::Taken);
+        let page = crate::metrics::answer(&req.head.method, &req.head.uri, self.metrics.ready(), || {
+            self.metrics.encode()
+        });
+        let close = match st.send(&[&page]) {
+            Ok(_) => true,
+            Err(e) => {
+                self.log_socket_error("answering a metrics request", &e);
+                self.close(conn, st, CloseReason::Error);
+                return;
+            }
+        };
+        self.apply(conn, st, Event::ResponseDone { close });
+    }
+
     /// Hands a request to the worker pool.
     pub fn dispatch(&self, conn: Arc<Conn>, req: Request) {
         self.pool.push(Task { conn, req });
@@ -283,6 +336,18 @@ impl Shared {
 
     fn new_key(&self) -> usize {
         self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Why a connection is closed, from what closed it (for the metrics).
+fn close_reason(prev: Phase, event: Event, facts: phase::Facts) -> CloseReason {
+    match (prev, event) {
+        (_, Event::Failed) => CloseReason::Error,
+        (_, Event::Abort) => CloseReason::Stopping,
+        (Phase::Lingering | Phase::Flushing(phase::After::Linger), _) => CloseReason::Refused,
+        (_, Event::Stalled) if facts.output_pending => CloseReason::SlowReader,
+        (_, Event::Stalled) => CloseReason::IdleTimeout,
+        _ => CloseReason::Client,
     }
 }
 
@@ -330,24 +395,36 @@ pub fn run(shared: &Arc<Shared>) -> io::Result<()> {
 
 struct Reactor<'a> {
     shared: &'a Arc<Shared>,
-    listeners: Vec<Listener>,
+    /// By poller key; a listener closed by a stop leaves its place empty.
+    listeners: Vec<Option<Listener>>,
     scratch: Vec<u8>,
     /// Accepting was put off after an accept error: the listeners are watched again at
     /// the next tick.
     accept_deferred: bool,
 }
 
+impl Drop for Reactor<'_> {
+    /// Listeners still open (the metrics listener) leave the poller before they close.
+    fn drop(&mut self) {
+        for l in self.listeners.iter().flatten() {
+            let _ = self.shared.poller.delete(l.socket());
+        }
+    }
+}
+
 impl<'a> Reactor<'a> {
     fn new(shared: &'a Arc<Shared>) -> io::Result<Self> {
         let listeners = shared.listeners.lock().take().unwrap_or_default();
         for (i, l) in listeners.iter().enumerate() {
-            // SAFETY: each listener is deleted from the poller (in stop_accepting) before
-            // it is dropped, and it lives in this struct until then.
+            // SAFETY: each listener is deleted from the poller (in stop_accepting, or when
+            // the Reactor is dropped) before it is dropped, and lives in this struct until.
             unsafe { shared.poller.add(l.socket(), PollEvent::readable(i))? };
         }
         // recv_bytes is Waitress's recv() size; large bodies arrive in far fewer system
         // calls with a bigger landing buffer, so it is taken as a lower bound.
         let scratch = vec![0u8; shared.cfg.recv_bytes.max(RECV_BUFFER)];
+        shared.metrics.own().mark_started();
+        let listeners = listeners.into_iter().map(Some).collect();
         Ok(Reactor { shared, listeners, scratch, accept_deferred: false })
     }
 
@@ -379,7 +456,7 @@ impl<'a> Reactor<'a> {
                     log::error!(target: "rswaitress", "internal error while handling a connection event; the connection was closed");
                     if let Some(conn) = shared.conns.lock().get(&ev.key).cloned() {
                         let mut st = conn.st.lock();
-                        shared.close(&conn, &mut st);
+                        shared.close(&conn, &mut st, CloseReason::Other);
                     }
                 }
             }
@@ -396,7 +473,9 @@ impl<'a> Reactor<'a> {
                 log::info!(target: "rswaitress",
                     "total open connections dropped below the connection limit, listening again");
                 for (i, l) in self.listeners.iter().enumerate() {
-                    let _ = shared.poller.modify(l.socket(), PollEvent::readable(i));
+                    if let Some(l) = l {
+                        let _ = shared.poller.modify(l.socket(), PollEvent::readable(i));
+                    }
                 }
             }
             if now >= next_tick {
@@ -405,7 +484,9 @@ impl<'a> Reactor<'a> {
                 if self.accept_deferred && !shared.accept_paused.load(Ordering::Relaxed) {
                     self.accept_deferred = false;
                     for (i, l) in self.listeners.iter().enumerate() {
-                        let _ = shared.poller.modify(l.socket(), PollEvent::readable(i));
+                        if let Some(l) = l {
+                            let _ = shared.poller.modify(l.socket(), PollEvent::readable(i));
+                        }
                     }
                 }
             }
@@ -443,9 +524,14 @@ impl<'a> Reactor<'a> {
     }
 
     /// Stops accepting: the listening sockets are closed, so new connections are refused.
+    /// The metrics listener stays open until the end (a drain is what /readyz reports).
     fn stop_accepting(&mut self) {
-        for l in self.listeners.drain(..) {
-            let _ = self.shared.poller.delete(l.socket());
+        for slot in self.listeners.iter_mut() {
+            if slot.as_ref().is_some_and(|l| !l.info.metrics) {
+                if let Some(l) = slot.take() {
+                    let _ = self.shared.poller.delete(l.socket());
+                }
+            }
         }
         let _ = self.shared.main_waker.notify();
     }
@@ -467,7 +553,9 @@ impl<'a> Reactor<'a> {
             let mut st = conn.st.lock();
             let quiet = now.saturating_duration_since(st.clocks.last_input) > DRAIN_IDLE;
             if phase::closes_while_draining(st.phase, !st.out.is_empty(), quiet) {
-                self.shared.close(&conn, &mut st);
+                let reason =
+                    if st.phase == Phase::Lingering { CloseReason::Refused } else { CloseReason::Stopping };
+                self.shared.close(&conn, &mut st, reason);
             } else if !st.is_closed() {
                 left += 1;
             }
@@ -493,7 +581,7 @@ impl<'a> Reactor<'a> {
         // (a connection keeps its worker for its lifetime). Putting accepts off while the
         // pool is behind was tried and starved connections waiting in the backlog.
         let shared_socket = shared.cfg.multiprocess;
-        let Some(listener) = self.listeners.get(idx) else { return };
+        let Some(Some(listener)) = self.listeners.get(idx) else { return };
         let scratch = &mut self.scratch;
         let mut accepted = 0usize;
         loop {
@@ -522,6 +610,9 @@ impl<'a> Reactor<'a> {
                         }
                     }
                     shared.conns.lock().insert(key, conn.clone());
+                    if !listener.info.metrics {
+                        shared.metrics.own().connection_opened();
+                    }
                     Self::on_ready(shared, scratch, &conn, true, false);
                     accepted += 1;
                     if shared_socket && accepted >= SHARED_ACCEPT_BATCH {
@@ -541,7 +632,7 @@ impl<'a> Reactor<'a> {
                 }
             }
         }
-        let Some(listener) = self.listeners.get(idx) else { return };
+        let Some(Some(listener)) = self.listeners.get(idx) else { return };
         let _ = shared.poller.modify(listener.socket(), PollEvent::readable(idx));
     }
 
@@ -593,6 +684,10 @@ impl<'a> Reactor<'a> {
         match event {
             Some(e) => {
                 if let Some(req) = shared.apply(conn, &mut st, e) {
+                    if conn.listener.metrics {
+                        shared.answer_metrics(conn, &mut st, &req);
+                        return;
+                    }
                     drop(st);
                     shared.dispatch(conn.clone(), req);
                 }
@@ -667,7 +762,7 @@ mod tests {
         fn start(cfg: Config) -> Running {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap();
-            let info = ListenerInfo { server_port: addr.port().to_string(), is_unix: false };
+            let info = ListenerInfo { server_port: addr.port().to_string(), is_unix: false, metrics: false };
             let listener = Listener::adopt(l.as_raw_fd() as i64, info).unwrap();
             drop(l);
             let shared = Arc::new(Shared::new(cfg, vec![listener]).unwrap());

@@ -145,6 +145,7 @@ EXPECTED_DEFAULTS = {
     "touch_reload": None,
     "access_log": False,
     "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+    "metrics_listen": None,
 }
 
 

@@ -9,7 +9,7 @@ from rswaitress.adjustments import Adjustments
 
 __all__ = [
     "Server", "FileWrapper", "InputStream", "ClientDisconnected", "check_access_log_format",
-    "DEFAULT_ACCESS_LOG_FORMAT", "set_access_sinks",
+    "DEFAULT_ACCESS_LOG_FORMAT", "set_access_sinks", "MetricsServer", "METRICS_SIZE",
 ]
 
 DEFAULT_ACCESS_LOG_FORMAT: str
@@ -25,10 +25,16 @@ class Server:
     """One server: its listening sockets, its reactor and the state its workers share."""
 
     def __new__(
-        cls, app: WSGIApplication, listeners: list[tuple[int, str, bool]], adj: Adjustments
+        cls,
+        app: WSGIApplication,
+        listeners: list[tuple[int, str, bool]],
+        adj: Adjustments,
+        metrics_fd: int | None = None,
+        metrics_block: tuple[int, int, object] | None = None,
     ) -> Server:
-        """``listeners`` are ``(fd, server_port, is_unix)``; the Python socket objects
-        keep owning the descriptors."""
+        """``listeners`` are ``(fd, server_port, is_unix)``: listening sockets (the core
+        works on duplicates). ``metrics_fd``: the metrics listener. ``metrics_block``:
+        ``(address, size, keep)``, memory shared with a master for this worker's metrics."""
 
     def run(
         self,
@@ -67,6 +73,20 @@ class Server:
     @property
     def connection_count(self) -> int:
         """Number of open client connections."""
+
+@final
+class MetricsServer:
+    """A master's metrics listener, over every worker's metrics block."""
+
+    def __new__(cls, fd: int, adj: Adjustments) -> MetricsServer: ...
+    def start(self) -> None: ...
+    def attach(self, label: str, address: int, size: int, keep: object, restarts: int) -> None: ...
+    def detach(self, label: str) -> None: ...
+    def set_master(self, workers_configured: int, ready: bool) -> None: ...
+    def close(self) -> None: ...
+
+#: Bytes of one worker's metrics block.
+METRICS_SIZE: int
 
 @final
 class FileWrapper:

@@ -284,6 +284,10 @@ SETTINGS = (
     Setting("access_log_format", str, ACCESS_LOG_FORMAT,
             "The access log line, with Gunicorn's atoms (%(h)s, %(r)s, "
             "%({header}i)s...)."),
+    Setting("metrics_listen", to_optional_str, None,
+            "HOST:PORT of a separate listener answering /metrics (OpenMetrics "
+            "text), /healthz and /readyz without the GIL; with workers, the "
+            "master's, covering every worker."),
 )
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -291,7 +295,7 @@ SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 #: The settings Waitress does not have: extensions of rswaitress's own.
 RSWAITRESS_ONLY = frozenset({
     "allow_missing_host", "graceful_timeout", "workers", "max_requests", "max_requests_jitter",
-    "touch_reload", "access_log", "access_log_format",
+    "touch_reload", "access_log", "access_log_format", "metrics_listen",
 })
 
 # Pairs of settings that may not be given together, checked in this order
@@ -457,6 +461,9 @@ class Adjustments:
     touch_reload: str | None
     access_log: bool
     access_log_format: str
+    metrics_listen: str | None
+    #: ``metrics_listen`` resolved to one address (set when it is given).
+    metrics_address: ListenAddress | None = None
 
     #: Options set on every accepted connection: (level, option, value).
     #: Nagle's algorithm is disabled because responses are already buffered.
@@ -501,6 +508,16 @@ class Adjustments:
 
         self._check_proxy_settings()
         self._check_process_settings()
+        if self.metrics_listen is not None:
+            try:
+                found = resolve_listen([self.metrics_listen], self.port, socket.AF_UNSPEC)
+            except ValueError:
+                found = []
+            if not found:
+                raise ValueError(
+                    f"metrics_listen: {self.metrics_listen!r} is not a HOST:PORT address"
+                )
+            self.metrics_address = found[0]
 
         self.listen = resolved
         self.check_sockets(self.sockets)

@@ -249,6 +249,12 @@ rswaitress options:
         environ value, and others. Default is Gunicorn's:
         '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
+    --metrics-listen=HOST:PORT
+        A separate listener answering /metrics (OpenMetrics text: requests
+        by status, durations, queue waits, threads, connections, bytes),
+        /healthz and /readyz (503 once a stop or reload has begun), without
+        the GIL. With --workers, the master's, covering every worker.
+
 """
 
 

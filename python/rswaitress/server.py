@@ -216,7 +216,11 @@ class BaseWSGIServer:
     """
 
     def __init__(
-        self, application: WSGIApplication, adj: Adjustments, listening: list[_Listening]
+        self,
+        application: WSGIApplication,
+        adj: Adjustments,
+        listening: list[_Listening],
+        _metrics_block: tuple[int, int, object] | None = None,
     ) -> None:
         if application is None:
             raise ValueError(
@@ -233,7 +237,14 @@ class BaseWSGIServer:
         self._threads: list[threading.Thread] = []
         #: Called once (with the GIL, on the run() thread) when a stop begins.
         self.on_stop: list[Callable[[], None]] = []
+        #: The metrics listener (metrics_listen), in a server without workers; a worker
+        #: keeps its metrics in ``_metrics_block``, shared with the master that serves them.
+        self._metrics_listening: _Listening | None = None
         try:
+            metrics_fd = None
+            if adj.metrics_address is not None and _metrics_block is None:
+                self._metrics_listening = _tcp_listening(adj.metrics_address, adj)
+                metrics_fd = self._metrics_listening.socket.fileno()
             self._core = _core.Server(
                 _wrap_application(application, adj),
                 [
@@ -241,6 +252,8 @@ class BaseWSGIServer:
                     for each in listening
                 ],
                 adj,
+                metrics_fd,
+                _metrics_block,
             )
         except BaseException:
             self._close_sockets()
@@ -320,7 +333,7 @@ class BaseWSGIServer:
     def _stopping(self) -> None:
         """A stop has begun: the core no longer accepts; the sockets are closed here too
         (so that new connections are refused), then the on_stop hooks run."""
-        self._close_sockets()
+        self._close_sockets(metrics=False)
         for hook in self.on_stop:
             try:
                 hook()
@@ -376,12 +389,22 @@ class BaseWSGIServer:
             logger.warning("%d thread(s) still running", len(alive))
         self._threads = []
 
-    def _close_sockets(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for each in self._listening:
-            each.socket.close()
+    @property
+    def metrics_address(self) -> tuple[str, str] | None:
+        """(host, port) of the metrics listener, when there is one."""
+        if self._metrics_listening is None:
+            return None
+        return (self._metrics_listening.effective_host, self._metrics_listening.effective_port)
+
+    def _close_sockets(self, metrics: bool = True) -> None:
+        """Closes the listening sockets (all, or those of the application only: the
+        metrics listener answers /readyz during a drain)."""
+        if not self._closed:
+            self._closed = True
+            for each in self._listening:
+                each.socket.close()
+        if metrics and self._metrics_listening is not None:
+            self._metrics_listening.socket.close()
 
 
 def _adjustments(adj: Adjustments | None, kw: ServerOptions) -> Adjustments:

@@ -134,18 +134,78 @@ def _importable(app: Any) -> AppRef:
     )
 
 
+class _MetricsBlock:
+    """Memory shared by the master and one worker, holding that worker's metrics: an
+    anonymous shared mapping inherited by a forked worker, or a named shared memory block
+    a spawned worker attaches to."""
+
+    def __init__(self, method: str) -> None:
+        from rswaitress import _core
+
+        self.size = int(_core.METRICS_SIZE)
+        self.method = method
+        self.mapping: Any
+        self.name: str | None = None
+        if method == "fork":
+            import mmap
+
+            self.mapping = mmap.mmap(-1, self.size)
+        else:
+            from multiprocessing import shared_memory
+
+            self.mapping = shared_memory.SharedMemory(create=True, size=self.size)
+            self.name = self.mapping.name
+
+    def _buffer(self) -> Any:
+        return self.mapping if self.method == "fork" else self.mapping.buf
+
+    def view(self) -> tuple[int, int, object]:
+        """(address, size, keep) for the core: ``keep`` holds the mapping (and a ctypes
+        view of it, which also stops the mapping from being closed while in use)."""
+        import ctypes
+
+        array = (ctypes.c_char * self.size).from_buffer(self._buffer())
+        return ctypes.addressof(array), self.size, (self.mapping, array)
+
+    def clear(self) -> None:
+        """Zeroes the block for a new worker (its counters start again)."""
+        self._buffer()[: self.size] = bytes(self.size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A spawned worker gets the name of the block and attaches to it.
+        return {"size": self.size, "method": self.method, "name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from multiprocessing import shared_memory
+
+        self.size, self.method, self.name = state["size"], state["method"], state["name"]
+        # (A spawned worker shares its master's resource tracker, which the master's own
+        # unlink at its end keeps in order: nothing to unregister here.)
+        self.mapping = shared_memory.SharedMemory(name=self.name)
+
+    def close(self) -> None:
+        try:
+            self.mapping.close()
+            if self.method != "fork":
+                self.mapping.unlink()
+        except (OSError, BufferError):
+            pass
+
+
 class _Boot:
     """What a worker needs to start serving."""
 
     def __init__(self, app: Any, adj: Adjustments,
                  listening: list[tuple[socket.socket, str, str, bool]], control: Any,
-                 generation: int, configure_logging: bool, close_in_child: list[Any]) -> None:
+                 generation: int, configure_logging: bool, close_in_child: list[Any],
+                 metrics: _MetricsBlock | None = None) -> None:
         self.app = app
         self.adj = adj
         self.listening = listening
         self.control = control
         self.generation = generation
         self.configure_logging = configure_logging
+        self.metrics = metrics
         #: Descriptors of the master's that a forked worker must not keep (pipes of the
         #: other workers, the master's wakeup socket): not sent to spawned workers.
         self.close_in_child = close_in_child
@@ -191,7 +251,8 @@ def _worker_main(boot: _Boot) -> None:
 
         listening = [_Listening(sock, host, port, is_unix)
                      for sock, host, port, is_unix in boot.listening]
-        server = BaseWSGIServer(app, boot.adj, listening)
+        block = boot.metrics.view() if boot.metrics is not None else None
+        server = BaseWSGIServer(app, boot.adj, listening, _metrics_block=block)
     except BaseException as exc:
         if isinstance(boot.app, AppRef):
             from rswaitress.runner import describe_import_failure
@@ -238,10 +299,12 @@ def _send(conn: Any, message: bytes) -> None:
 class _Worker:
     """The master's record of one worker process."""
 
-    def __init__(self, process: Any, control: Any, generation: int) -> None:
+    def __init__(self, process: Any, control: Any, generation: int, slot: str) -> None:
         self.process = process
         self.control = control
         self.generation = generation
+        #: The worker's metrics slot (the `worker` label).
+        self.slot = slot
         self.started = time.monotonic()
         self.ready_at: float | None = None
         #: Told to drain (retired by a reload, a recycle, a scale-down or a stop): its
@@ -290,6 +353,16 @@ class Supervisor:
         self._running = False
         self._configure_logging = logging.getLogger("rswaitress").level != logging.NOTSET
         self._reload_mtime = self._touch_mtime()
+        # Metrics: the master's listener, and a shared block per worker slot.
+        self._metrics: Any = None
+        self._metrics_listening: _Listening | None = None
+        self._blocks: dict[str, _MetricsBlock] = {}
+        self._starts: dict[str, int] = {}
+        self._free_slots: list[str] = []
+        if adj.metrics_address is not None:
+            from rswaitress.server import _tcp_listening
+
+            self._metrics_listening = _tcp_listening(adj.metrics_address, adj)
 
     # --- what a server object offers ---------------------------------------------------
 
@@ -318,6 +391,13 @@ class Supervisor:
         """The pids of the workers alive now (those draining included)."""
         with self._lock:
             return [w.pid for w in self._workers.values()]
+
+    @property
+    def metrics_address(self) -> tuple[str, str] | None:
+        """(host, port) of the metrics listener, when there is one."""
+        if self._metrics_listening is None:
+            return None
+        return (self._metrics_listening.effective_host, self._metrics_listening.effective_port)
 
     def print_listen(self, format_str: str) -> None:
         for host, port in self.effective_listen:
@@ -354,6 +434,11 @@ class Supervisor:
             raise RuntimeError("this server was closed")
         self._running = True
         restore = self._install_signals()
+        if self._metrics_listening is not None:
+            from rswaitress import _core
+
+            self._metrics = _core.MetricsServer(self._metrics_listening.socket.fileno(), self.adj)
+            self._metrics.start()
         try:
             logger.info("Starting %d worker process(es), %d thread(s) each (%s)",
                         self._target, self.adj.threads, self._method)
@@ -368,6 +453,12 @@ class Supervisor:
                     pass
             self._kill_all()
             self._close_sockets()
+            if self._metrics is not None:
+                self._metrics.close()
+            if self._metrics_listening is not None:
+                self._metrics_listening.socket.close()
+            for block in self._blocks.values():
+                block.close()
             self._wake_r.close()
             self._wake_w.close()
             self._running = False
@@ -401,6 +492,9 @@ class Supervisor:
         while True:
             self._handle_requests()
             self._reap()
+            if self._metrics is not None:
+                reloading = any(w.generation < self._generation for w in self._workers.values())
+                self._metrics.set_master(self._target, not (self._stopping or reloading))
             if self._stopping:
                 if not self._workers:
                     logger.info("All workers have exited")
@@ -585,8 +679,11 @@ class Supervisor:
                      for each in self._listening]
         others = [w.control for w in self._workers.values()]
         others += [master_end, self._wake_r, self._wake_w]
+        if self._metrics_listening is not None:
+            others.append(self._metrics_listening.socket)
+        slot, block = self._take_slot()
         boot = _Boot(self.application, adj, listening, worker_end, self._generation,
-                     self._configure_logging, others)
+                     self._configure_logging, others, block)
         process = self._context.Process(target=_worker_main, args=(boot,),
                                         name=f"rswaitress-worker-g{self._generation}")
         try:
@@ -595,14 +692,35 @@ class Supervisor:
             logger.error("Could not start a worker process: %s", exc)
             master_end.close()
             worker_end.close()
+            self._free_slots.append(slot)
             self._back_off()
             return False
         worker_end.close()
-        w = _Worker(process, master_end, self._generation)
+        w = _Worker(process, master_end, self._generation, slot)
         with self._lock:
             self._workers[w.pid] = w
         logger.info("Booting worker %d (generation %d)", w.pid, w.generation)
         return True
+
+    def _take_slot(self) -> tuple[str, _MetricsBlock | None]:
+        """A metrics slot for a new worker (the lowest free one), its block zeroed and
+        shown by the master's listener."""
+        if self._free_slots:
+            self._free_slots.sort(key=int)
+            slot = self._free_slots.pop(0)
+        else:
+            slot = str(len(self._starts))
+        self._starts[slot] = self._starts.get(slot, 0) + 1
+        if self._metrics is None:
+            return slot, None
+        block = self._blocks.get(slot)
+        if block is None:
+            block = self._blocks[slot] = _MetricsBlock(self._method)
+        else:
+            block.clear()
+        address, size, keep = block.view()
+        self._metrics.attach(slot, address, size, keep, self._starts[slot] - 1)
+        return slot, block
 
     def _back_off(self) -> None:
         self._failures += 1
@@ -634,7 +752,11 @@ class Supervisor:
 
     def _forget(self, w: _Worker) -> None:
         with self._lock:
-            self._workers.pop(w.pid, None)
+            if self._workers.pop(w.pid, None) is None:
+                return
+        if self._metrics is not None:
+            self._metrics.detach(w.slot)
+        self._free_slots.append(w.slot)
         try:
             w.control.close()
         except OSError:

@@ -89,3 +89,4 @@ class ServerOptions(TypedDict, total=False):
     touch_reload: str | None  # a file path
     access_log: bool | int | str
     access_log_format: str
+    metrics_listen: str | None  # HOST:PORT

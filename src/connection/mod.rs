@@ -86,6 +86,9 @@ pub struct ConnState {
     pub clocks: Clocks,
     /// While lingering: when the connection is closed whatever the client does.
     pub linger_until: Option<Instant>,
+    /// Bytes received and sent since the metrics last took them (`take_io`).
+    io_in: u64,
+    io_out: u64,
 }
 
 /// Most bytes read from one connection per readiness event, so that one fast client does
@@ -128,6 +131,8 @@ impl ConnState {
             interest: Interest::default(),
             clocks: Clocks { last_input: now, head_started: None, output_since: now },
             linger_until: None,
+            io_in: 0,
+            io_out: 0,
         }
     }
 
@@ -147,6 +152,11 @@ impl ConnState {
         self.input.release();
         self.reader = Reader::Head(HeadScanner::default());
         self.sock.take()
+    }
+
+    /// The bytes received and sent since the last call (for the metrics).
+    pub fn take_io(&mut self) -> (u64, u64) {
+        (std::mem::take(&mut self.io_in), std::mem::take(&mut self.io_out))
     }
 
     pub fn facts(&self, stopping: bool) -> Facts {
@@ -206,6 +216,7 @@ impl ConnState {
                 }
                 Ok(n) => {
                     total += n;
+                    self.io_in += n as u64;
                     self.clocks.last_input = Instant::now();
                     if n < want || total >= READ_BURST {
                         return Ok(total);
@@ -320,6 +331,7 @@ impl ConnState {
         let mut skip = 0usize;
         if was_empty {
             skip = send_all_vectored(sock, parts)?;
+            self.io_out += skip as u64;
         }
         for part in parts {
             if skip >= part.len() {
@@ -348,7 +360,9 @@ impl ConnState {
     /// Flushes the output buffer as far as the socket takes it; returns what is left.
     pub fn flush(&mut self) -> io::Result<u64> {
         let Some(sock) = self.sock.as_ref() else { return Err(io::ErrorKind::NotConnected.into()) };
-        if self.out.flush(sock)? > 0 {
+        let sent = self.out.flush(sock)?;
+        if sent > 0 {
+            self.io_out += sent;
             self.clocks.output_since = Instant::now();
         }
         Ok(self.out.pending())

@@ -273,7 +273,7 @@ impl Response {
             }
             Err(e) => {
                 shared.log_socket_error(what, &e);
-                shared.close(conn, &mut st);
+                shared.close(conn, &mut st, crate::metrics::CloseReason::Error);
                 drop(st);
                 Err(self.lost())
             }
@@ -360,7 +360,11 @@ mod tests {
     fn serving(cfg: Config) -> (Arc<Shared>, Arc<Conn>, std::net::TcpStream) {
         let (server, client) = crate::connection::tests::socket_pair();
         let shared = Arc::new(Shared::new(cfg.clone(), Vec::new()).unwrap());
-        let info = Arc::new(crate::listener::ListenerInfo { server_port: "80".into(), is_unix: false });
+        let info = Arc::new(crate::listener::ListenerInfo {
+            server_port: "80".into(),
+            is_unix: false,
+            metrics: false,
+        });
         let conn = Arc::new(Conn::new(7, server, info, ("127.0.0.1".into(), "1".into()), &cfg));
         {
             let mut st = conn.st.lock();
@@ -484,7 +488,7 @@ mod tests {
         start(&mut r, &[]);
         {
             let mut st = conn.st.lock();
-            shared.close(&conn, &mut st);
+            shared.close(&conn, &mut st, crate::metrics::CloseReason::Client);
         }
         assert_eq!(r.write(b"x"), Err(WriteError::Lost));
         assert!(r.disconnected && r.close);

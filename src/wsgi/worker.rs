@@ -17,6 +17,7 @@ use crate::http::request::{percent_decode, split_target};
 use crate::http::response::{error_response, RequestSide};
 use crate::http::HttpError;
 use crate::logging;
+use crate::metrics::CloseReason;
 use crate::pool::Take;
 use crate::reactor::Shared;
 use crate::wsgi::environ::{self, EnvConsts};
@@ -69,7 +70,11 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
             Take::Stop => break,
             Take::Empty => {
                 let _ = logging::deliver(py);
-                match pool.idle_wait(&slot, |wait| py.allow_threads(wait)) {
+                let metrics = shared.metrics.own();
+                metrics.set_threads(pool.serving().saturating_sub(1) as u64, pool.idle() as u64 + 1);
+                let found = pool.idle_wait(&slot, |wait| py.allow_threads(wait));
+                metrics.set_threads(pool.serving() as u64, pool.idle() as u64);
+                match found {
                     Take::Task(task) => task,
                     Take::Stop => break,
                     Take::Empty => continue,
@@ -85,7 +90,7 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
                     log::error!(target: "rswaitress",
                         "internal error while serving a request from {}; its connection was closed", conn.remote_addr);
                     let mut st = conn.st.lock();
-                    shared.close(&conn, &mut st);
+                    shared.close(&conn, &mut st, CloseReason::Other);
                     true
                 }
             };
@@ -104,6 +109,8 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
 fn take(shared: &Shared, conn: &Conn, req: Request) -> Option<Request> {
     let mut st = conn.st.lock();
     if st.phase != Phase::Queued {
+        // Never served: it leaves the requests in flight uncounted.
+        shared.metrics.own().in_flight_add(-1);
         return None;
     }
     shared.apply(conn, &mut st, Event::Taken);
@@ -122,6 +129,7 @@ fn finish(shared: &Shared, conn: &Conn, close: bool) -> Option<Request> {
 
 /// Serves one request; returns whether the connection must close afterwards.
 fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> bool {
+    let taken_at = std::time::Instant::now();
     let Request { head, body, ready_at } = req;
     let side = RequestSide {
         version: head.version,
@@ -187,7 +195,7 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
                         Ok(_) => logged = (500, Some(body_len as u64)),
                         Err(e) => {
                             ctx.shared.log_socket_error("sending an error response", &e);
-                            ctx.shared.close(conn, &mut st);
+                            ctx.shared.close(conn, &mut st, CloseReason::Error);
                         }
                     }
                 }
@@ -207,6 +215,9 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
         }
         close
     };
+    let metrics = ctx.shared.metrics.own();
+    metrics.observe_request(logged.0, ready_at.elapsed(), taken_at.saturating_duration_since(ready_at));
+    metrics.in_flight_add(-1);
     if let Some(format) = access {
         let line =
             access_line(py, format, conn, &head, &resp.headers, logged, ready_at, kept_environ.as_ref());
@@ -430,7 +441,11 @@ mod tests {
         client.write_all(raw).unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
         let shared = Arc::new(Shared::new(cfg.clone(), Vec::new()).unwrap());
-        let info = Arc::new(crate::listener::ListenerInfo { server_port: "80".into(), is_unix: false });
+        let info = Arc::new(crate::listener::ListenerInfo {
+            server_port: "80".into(),
+            is_unix: false,
+            metrics: false,
+        });
         let conn = Arc::new(Conn::new(9, server, info, ("127.0.0.1".into(), "5".into()), &cfg));
         let first = {
             let mut st = conn.st.lock();
@@ -464,7 +479,7 @@ mod tests {
             while !st.is_closed() && !st.out.is_empty() {
                 st.flush().unwrap();
             }
-            shared.close(&conn, &mut st);
+            shared.close(&conn, &mut st, CloseReason::Client);
         }
         client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut got = Vec::new();
