@@ -2,7 +2,7 @@
 """Side-by-side HTTP benchmark: rswaitress vs waitress, gunicorn, granian, nginx.
 
     python benches/run.py                 # full run: 3 x 10 s per figure (over an hour)
-    python benches/run.py --quick         # 1 x 2 s per figure (about 10 minutes)
+    python benches/run.py --quick         # 1 x 2 s per figure (about 10-11 minutes)
     python benches/run.py --list          # scenarios, variants, plan and its duration
     python benches/run.py --scenarios hello,flask-json --servers rswaitress,granian-bt1
     python benches/run.py --baseline-python /path/to/venv/bin/python   # + rswaitress-base
@@ -1903,7 +1903,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(
         description="Benchmark rswaitress against waitress, gunicorn, granian, nginx.")
     ap.add_argument("--quick", action="store_true",
-                    help="1 run of 2 s per figure, 1 s warm-up (about 10 min for every "
+                    help="1 run of 2 s per figure, 1 s warm-up (about 10-11 min for every "
                          "scenario and default variant)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help="comma list from: %s (default all)" % ", ".join(SCENARIOS))
