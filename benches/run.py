@@ -2,7 +2,7 @@
 """Side-by-side HTTP benchmark: rswaitress vs waitress, gunicorn, granian, nginx.
 
     python benches/run.py                 # full run: 3 x 10 s per figure (over an hour)
-    python benches/run.py --quick         # 1 x 2 s per figure (about 10 minutes)
+    python benches/run.py --quick         # 1 x 2 s per figure (about 10-11 minutes)
     python benches/run.py --list          # scenarios, variants, plan and its duration
     python benches/run.py --scenarios hello,flask-json --servers rswaitress,granian-bt1
     python benches/run.py --baseline-python /path/to/venv/bin/python   # + rswaitress-base
@@ -86,6 +86,13 @@ SCENARIOS = {
         title="hello (keep-alive)",
         desc='13-byte "Hello, World!", 50 keep-alive connections',
         path="/hello", conns=50, threads=2, check=_is(HELLO), nginx=True),
+    "hello-log": dict(
+        title="hello, access log on",
+        desc="hello (50 keep-alive connections) with the server's access log on, "
+             "Gunicorn's default format (nginx: combined, the same fields), one "
+             "line per request appended to a file; waitress has no access log",
+        path="/hello", conns=50, threads=2, check=_is(HELLO), nginx=True,
+        access_log=True),
     "close": dict(
         title="hello, Connection: close",
         desc="same as hello, every request sends Connection: close "
@@ -165,7 +172,8 @@ SCENARIO_ALIASES = {
     "sendfile": "file", "upload": "post", "sleep": "isolation",
     "idle10k": "idle", "c10k": "idle", "flask": "flask-hello",
     "django": "django-hello", "orm": "django-orm", "jinja": "flask-jinja",
-    "json": "flask-json", "cpu-bound": "cpu",
+    "json": "flask-json", "cpu-bound": "cpu", "log": "hello-log",
+    "access-log": "hello-log", "accesslog": "hello-log",
 }
 
 # Server variants: one server kind ("server") in one configuration.  A kind
@@ -570,6 +578,19 @@ from %(server)s import serve
 kw = dict(host=%(host)r, port=%(port)d)
 variant = %(kwargs)r
 extra = %(extra)r
+access_log_path = %(access_log)r
+if access_log_path:
+    # The access log goes to a file of its own, set up before serve(): serve()
+    # only adds a stderr handler to the root logger (and sets the level of
+    # "rswaitress" if unset), which this logger does not propagate to.
+    import logging
+    handler = logging.FileHandler(access_log_path)
+    handler.setFormatter(logging.Formatter("%%(message)s"))
+    access = logging.getLogger("rswaitress.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    variant = dict(variant, access_log=True)  # an older serve(): "not available"
 try:
     serve(app, **kw, **variant, **extra)
 except (TypeError, ValueError) as exc:
@@ -585,8 +606,57 @@ except (TypeError, ValueError) as exc:
 """
 
 
-def server_command(variant, port, scenario, tmp):
-    """argv for starting `variant` on `port` for `scenario`."""
+# Granian's access log atoms cannot say Gunicorn's %(b)s (body bytes): "-"
+# stands in for it; the rest is Gunicorn's default format, field by field.
+GRANIAN_ACCESS_FMT = ('%(addr)s - - [%(time)s] "%(method)s %(path)s %(protocol)s" '
+                      '%(status)d - "%(header{referer})s" "%(header{user-agent})s"')
+
+# How each server is told to write its access log to PATH (hello-log).
+ACCESS_LOG_NOTES = {
+    "rswaitress": "`serve(app, ..., access_log=True)` (default `access_log_format`: "
+                  "Gunicorn's default), the `rswaitress.access` logger given a "
+                  "`logging.FileHandler(PATH)` with formatter `%(message)s`, level "
+                  "INFO, `propagate = False`, set up by the launcher before serve()",
+    "gunicorn": "`--access-logfile PATH` (its default `--access-logformat`)",
+    "granian": "`--access-log --access-log-fmt '%s' --log-config FILE`, FILE routing "
+               "the `granian.access` logger (level INFO, whatever `--log-level`) to a "
+               "`logging.FileHandler(PATH)` with formatter `%%(message)s`; Granian has "
+               "no atom for the body size, `-` stands in for it" % GRANIAN_ACCESS_FMT,
+    "nginx": "`access_log PATH combined;` (the same fields as Gunicorn's default)",
+    "waitress": "not available: waitress has no access log",
+}
+
+
+def granian_log_config(path, tmp, name):
+    """A logging dictConfig (JSON) for granian: its own messages to stdout as
+    by default, granian.access to the file `path`."""
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "generic": {"format": "[%(levelname)s] %(message)s"},
+            "access": {"format": "%(message)s"},
+        },
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "formatter": "generic",
+                        "stream": "ext://sys.stdout"},
+            "access": {"class": "logging.FileHandler", "formatter": "access",
+                       "filename": path},
+        },
+        "loggers": {
+            "_granian": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+            "granian.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        },
+    }
+    conf = os.path.join(tmp, "%s-logging.json" % name)
+    with open(conf, "w") as f:
+        json.dump(config, f, indent=1)
+    return conf
+
+
+def server_command(variant, port, scenario, tmp, access_log=None):
+    """argv for starting `variant` on `port` for `scenario`; `access_log`:
+    the file the server's access log goes to (None: access log off)."""
     spec = VARIANTS[variant]
     kind = spec["server"]
     idle = scenario == "idle"
@@ -598,7 +668,7 @@ def server_command(variant, port, scenario, tmp):
                          asyncore_use_poll=True)
         code = PY_LAUNCHER % dict(bench=BENCH_DIR, target=target, server=kind, host=HOST,
                                   port=port, kwargs=spec["kwargs"], extra=extra,
-                                  na_exit=NOT_AVAILABLE_EXIT)
+                                  access_log=access_log, na_exit=NOT_AVAILABLE_EXIT)
         return [spec.get("python") or sys.executable, "-c", code]
     if kind == "gunicorn":
         argv = [sys.executable, "-m", "gunicorn"] + spec["args"] + [
@@ -606,6 +676,8 @@ def server_command(variant, port, scenario, tmp):
             "--log-level", "warning"]
         if idle:
             argv += ["--worker-connections", "12000", "--keep-alive", "300"]
+        if access_log:
+            argv += ["--access-logfile", access_log]
         return argv + [target]
     if kind == "granian":
         argv = [sys.executable, "-m", "granian", "--interface", "wsgi"] + spec["args"] + [
@@ -614,19 +686,24 @@ def server_command(variant, port, scenario, tmp):
         if idle:
             argv += ["--backpressure", "12000",
                      "--http1-header-read-timeout", "60000"]
+        if access_log:
+            argv += ["--access-log", "--access-log-fmt", GRANIAN_ACCESS_FMT,
+                     "--log-config", granian_log_config(access_log, tmp,
+                                                        "%s-%s" % (variant, scenario))]
         return argv + [target]
     if kind == "nginx":
-        conf = write_nginx_conf(port, tmp)
+        conf = write_nginx_conf(port, tmp, access_log)
         return [find_nginx(), "-p", tmp + "/", "-c", conf,
                 "-e", os.path.join(tmp, "nginx-error.log")]
     raise ValueError(variant)
 
 
-def write_nginx_conf(port, tmp):
+def write_nginx_conf(port, tmp, access_log=None):
     with open(NGINX_TEMPLATE) as f:
         text = f.read()
+    directive = ("access_log %s combined;" % access_log) if access_log else "access_log off;"
     text = (text.replace("@PORT@", str(port)).replace("@TMP@", tmp)
-            .replace("@DATA@", tmp))
+            .replace("@DATA@", tmp).replace("@ACCESS_LOG@", directive))
     path = os.path.join(tmp, "nginx.conf")
     with open(path, "w") as f:
         f.write(text)
@@ -1038,6 +1115,70 @@ class HeadsLoad:
 
 
 # --------------------------------------------------------------------------
+# access log files
+# --------------------------------------------------------------------------
+
+class LogLines:
+    """Counts the lines a server appends to its access log file.
+
+    settle() waits until the file has stopped growing (servers may write
+    lines a little after the answers: rswaitress delivers them in batches);
+    reset() truncates the file between runs, which is safe because every
+    server appends to it (O_APPEND: nginx, and Python's FileHandler, mode 'a')."""
+
+    def __init__(self, path):
+        self.path = path
+        self.offset = 0
+        self.lines = 0
+        self.first = None  # the first line written, as a sample of the format
+
+    def count(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                while True:
+                    block = f.read(1 << 20)
+                    if not block:
+                        break
+                    if self.first is None:
+                        self._sample(block)
+                    self.lines += block.count(b"\n")
+                    self.offset += len(block)
+        except FileNotFoundError:
+            pass
+        return self.lines
+
+    def _sample(self, block):
+        head = block.split(b"\n", 1)
+        if len(head) == 2:
+            self.first = head[0].decode("utf-8", "replace")
+
+    def settle(self, quiet=0.4, limit=10.0):
+        """Count until no line has arrived for `quiet` s (at most `limit` s)."""
+        end = time.monotonic() + limit
+        last, since = self.count(), time.monotonic()
+        while time.monotonic() < end:
+            time.sleep(0.1)
+            n = self.count()
+            if n != last:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+        return last
+
+    def reset(self):
+        try:
+            os.truncate(self.path, 0)
+        except FileNotFoundError:
+            pass
+        self.offset = 0
+        self.lines = 0
+
+
+LOG_SETTLE_S = 0.6  # per settle() in estimate_s: the 0.4 s quiet period and the reads
+
+
+# --------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------
 
@@ -1052,6 +1193,8 @@ def unavailable_reason(variant, scenario, probes):
     spec = VARIANTS[variant]
     if spec["server"] == "nginx" and not sc.get("nginx"):
         return "nginx serves static answers only; no WSGI application to run here"
+    if spec["server"] == "waitress" and sc.get("access_log"):
+        return "waitress has no access log"
     for module in sc.get("needs", ()):
         if spec["server"] == "rswaitress":
             python = spec.get("python") or sys.executable
@@ -1073,7 +1216,10 @@ def bench_one(variant, scenario, args, tmp, rawdir, probes):
 
     port = free_port()
     logpath = os.path.join(tmp, "%s-%s.log" % (variant, scenario))
-    argv = server_command(variant, port, scenario, tmp)
+    access = None
+    if sc.get("access_log"):
+        access = LogLines(os.path.join(tmp, "%s-%s-access.log" % (variant, scenario)))
+    argv = server_command(variant, port, scenario, tmp, access and access.path)
     lua = os.path.join(tmp, "post.lua") if sc.get("lua") == "post" else None
     main_argv = wrk_argv(port, sc["path"], sc["conns"], sc["threads"],
                          args.duration, sc.get("headers", ()), lua)
@@ -1086,10 +1232,17 @@ def bench_one(variant, scenario, args, tmp, rawdir, probes):
                                 env=server_env(tmp), cwd=BENCH_DIR, start_new_session=True)
         wait_ready(proc, port, logpath)
         check_endpoint(port, scenario)
+        if access and access.settle() == 0:
+            raise ServerFailed("no access log line in %s after the probe requests: %s"
+                               % (access.path, tail(logpath)))
         if args.warmup > 0:
             run_wrk_procs([wrk_argv(port, sc["path"], sc["conns"], sc["threads"],
                                     args.warmup, sc.get("headers", ()), lua)],
                           [0], args.warmup + 30)
+        if access:
+            access.settle()  # the probes' and the warm-up's lines, then a clean file
+            entry["log_sample"] = access.first
+            access.reset()
         if scenario == "idle":
             entry["rss_base_kib"] = rss_kib(proc.pid)
             t0 = time.monotonic()
@@ -1148,6 +1301,22 @@ def bench_one(variant, scenario, args, tmp, rawdir, probes):
             if scenario == "idle":
                 res["rss_kib"] = rss_kib(proc.pid)
                 res["idle_still_open"] = pool.count_open()
+            if access:
+                # Every request wrk completed was answered, so it was logged; a
+                # few more (in flight when wrk stopped) may be too.
+                res["log_lines"] = access.settle()
+                access.reset()
+                short = res["requests"] - res["log_lines"]
+                raw += "\naccess log: %d lines for %d requests completed\n" % (
+                    res["log_lines"], res["requests"])
+                if short > 0:
+                    log("    ERROR: %s run %d: %s access log lines for %s requests "
+                        "completed: %s lines missing (dropped?)"
+                        % (variant, i + 1, fmt_num(res["log_lines"]),
+                           fmt_num(res["requests"]), fmt_num(short)))
+                else:
+                    log("    %s run %d: %s access log lines for %s requests completed"
+                        % (variant, i + 1, fmt_num(res["log_lines"]), fmt_num(res["requests"])))
             entry["runs"].append(res)
             with open(os.path.join(rawdir, "%s-%s-run%d.txt" % (scenario, variant, i + 1)), "w") as f:
                 f.write(" ".join(argv[:1] + [a for a in argv[1:] if "\n" not in a])
@@ -1167,6 +1336,11 @@ def bench_one(variant, scenario, args, tmp, rawdir, probes):
         pool.close()
         stop_process(proc)
         logf.close()
+        if access:
+            try:
+                os.remove(access.path)
+            except OSError:
+                pass
 
     runs = entry["runs"]
     if runs:
@@ -1182,6 +1356,15 @@ def bench_one(variant, scenario, args, tmp, rawdir, probes):
             entry["median"]["idle_still_open"] = median([r["idle_still_open"] for r in runs])
         if scenario == "isolation":
             entry["median"]["sleeper_rps"] = median([r["sleeper_rps"] for r in runs])
+        if access:
+            entry["log_lines"] = sum(r["log_lines"] for r in runs)
+            entry["log_requests"] = sum(r["requests"] for r in runs)
+            short = entry["log_requests"] - entry["log_lines"]
+            if short > 0:
+                msg = ("ERROR: %s access log lines for %s requests completed (%s missing)"
+                       % (fmt_num(entry["log_lines"]), fmt_num(entry["log_requests"]),
+                          fmt_num(short)))
+                entry["note"] = entry["note"] + "; " + msg if entry["note"] else msg
         if scenario == "heads":
             m = entry["median"]
             m["alone_rps"] = median([r["alone"]["rps"] for r in runs])
@@ -1260,6 +1443,8 @@ def scenario_rows(scenario, sres, ref):
         header += ["idle open (of requested)", "RSS MiB"]
     if scenario == "isolation":
         header += ["sleeper req/s"]
+    if SCENARIOS[scenario].get("access_log"):
+        header += ["log lines", "requests completed", "lines/requests"]
     rows = []
     for variant, e in sres.items():
         if e["status"] != "ok":
@@ -1281,8 +1466,84 @@ def scenario_rows(scenario, sres, ref):
                     fmt_num(m["rss_mib"], 1)]
         if scenario == "isolation":
             row += [fmt_num(m["sleeper_rps"], 1)]
+        if SCENARIOS[scenario].get("access_log"):
+            row += [fmt_num(e["log_lines"]), fmt_num(e["log_requests"]),
+                    "%.3f" % (e["log_lines"] / e["log_requests"]) if e["log_requests"] else "-"]
         rows.append(row)
     return header, rows
+
+
+LOG_OFF, LOG_ON = "hello", "hello-log"
+LOG_TARGET = 0.8  # rswaitress keeps >= 0.8x of its hello req/s with the access log on
+
+
+def log_overhead(results):
+    """variant -> the access log's cost: hello-log against hello, both from
+    this run (None when the run lacks either scenario)."""
+    if LOG_OFF not in results or LOG_ON not in results:
+        return None
+    out = {}
+    for variant, on in results[LOG_ON].items():
+        off = results[LOG_OFF].get(variant)
+        row = {"status": on["status"], "note": on.get("note", "")}
+        if off is None or off["status"] != "ok":
+            row.update(status="no %s figure" % LOG_OFF)
+        elif on["status"] == "ok":
+            a, b = off["median"], on["median"]
+            row.update(
+                rps_off=a["rps"], rps_on=b["rps"],
+                rps_ratio=b["rps"] / a["rps"] if a["rps"] else None,
+                cpu_off=a["cpu_us_per_req"], cpu_on=b["cpu_us_per_req"],
+                cpu_diff=(b["cpu_us_per_req"] - a["cpu_us_per_req"])
+                if None not in (a["cpu_us_per_req"], b["cpu_us_per_req"]) else None,
+                p99_off=a["p99_ms"], p99_on=b["p99_ms"],
+                log_lines=on["log_lines"], log_requests=on["log_requests"])
+        out[variant] = row
+    return out
+
+
+def overhead_rows(overhead):
+    header = ["variant", "req/s off", "req/s on", "on/off req/s", CPU_HEAD + " off",
+              CPU_HEAD + " on", "CPU µs/req added", "p99 off", "p99 on",
+              "log lines/requests"]
+    rows = []
+    for variant, o in overhead.items():
+        if o["status"] != "ok" or "rps_on" not in o:
+            rows.append([variant, STATUS_SHORT.get(o["status"], o["status"])]
+                        + [""] * (len(header) - 2))
+            continue
+        diff = o["cpu_diff"]
+        rows.append([
+            variant, fmt_num(o["rps_off"]), fmt_num(o["rps_on"]),
+            "%.2fx" % o["rps_ratio"] if o["rps_ratio"] is not None else "-",
+            fmt_cpu(o["cpu_off"]), fmt_cpu(o["cpu_on"]),
+            ("%+.1f" % diff if abs(diff) < 100 else "{:+,.0f}".format(diff))
+            + (" (%+.0f%%)" % (100.0 * diff / o["cpu_off"]) if o["cpu_off"] else "")
+            if diff is not None else "-",
+            fmt_ms(o["p99_off"]), fmt_ms(o["p99_on"]),
+            "%s / %s" % (fmt_num(o["log_lines"]), fmt_num(o["log_requests"]))])
+    return header, rows
+
+
+OVERHEAD_EXPLAINED = (
+    "Access log overhead: `%s` (access log on, one line per request to a file) "
+    "against `%s` (off), both from this run: req/s on ÷ req/s off, and the CPU "
+    "µs/req it adds. Target for rswaitress: on/off req/s >= %.1fx. log lines/"
+    "requests: lines found in the file against the requests wrk completed, "
+    "summed over the runs (lines >= requests, or lines were dropped)."
+    % (LOG_ON, LOG_OFF, LOG_TARGET))
+
+
+def overhead_notes(overhead):
+    return ["%s: %s" % (v, o["note"]) for v, o in overhead.items() if o.get("note")]
+
+
+def print_overhead(overhead):
+    log("\n== access log overhead: %s vs %s" % (LOG_ON, LOG_OFF))
+    log(text_table(*overhead_rows(overhead)))
+    for note in overhead_notes(overhead):
+        log("   " + note)
+    log(OVERHEAD_EXPLAINED)
 
 
 def matrix_rows(results, variants, key, fmt):
@@ -1380,6 +1641,13 @@ def write_markdown(path, meta, results, ref):
         notes = ["- %s: %s" % (s, e["note"]) for s, e in sres.items() if e.get("note")]
         if notes:
             out += notes + [""]
+    overhead = log_overhead(results)
+    if overhead:
+        out += ["## Access log overhead (`%s` vs `%s`)" % (LOG_ON, LOG_OFF), "",
+                OVERHEAD_EXPLAINED, "", md_table(*overhead_rows(overhead)), ""]
+        notes = ["- " + n for n in overhead_notes(overhead)]
+        if notes:
+            out += notes + [""]
     if "heads" in results:
         out += ["`heads`: each of the %d head clients sends a %d-byte head (%s `a:b` "
                 "lines), reads the answer or the close, and starts again on a new "
@@ -1390,6 +1658,16 @@ def write_markdown(path, meta, results, ref):
     out += ["- **%s**: %s" % (v, VARIANTS[v]["desc"]) for v in variants]
     kinds = [k for k in SERVER_KINDS if any(VARIANTS[v]["server"] == k for v in variants)]
     out += [""] + ["%s: %s" % (k, SERVER_NOTES[k]) for k in kinds if k in SERVER_NOTES]
+    if any(SCENARIOS[sc].get("access_log") for sc in results):
+        out += ["", "Access log in `%s` (PATH: a file in the run's temporary "
+                "directory, truncated after each run once its lines are counted):"
+                % LOG_ON, ""]
+        out += ["- **%s**: %s" % (k, ACCESS_LOG_NOTES[k]) for k in kinds]
+        samples = [(v, e["log_sample"]) for sc in results if SCENARIOS[sc].get("access_log")
+                   for v, e in results[sc].items() if e.get("log_sample")]
+        if samples:
+            out += ["", "First line of each access log:", "", "```"]
+            out += ["%-15s %s" % vs for vs in samples] + ["```"]
     if "idle" in results:
         out += ["", "Extra settings in the idle-connections scenario only "
                 "(so that 10,000 connections are allowed at all):", ""]
@@ -1581,6 +1859,8 @@ def estimate_s(plan, args):
         for v in variants:
             if VARIANTS[v]["server"] == "nginx" and not SCENARIOS[sc].get("nginx"):
                 continue
+            if VARIANTS[v]["server"] == "waitress" and SCENARIOS[sc].get("access_log"):
+                continue  # not available (no access log): never started
             per = PAIR_OVERHEAD_S + args.warmup + args.runs * args.duration
             if sc == "heads":
                 per += args.runs * (args.duration + 0.5)
@@ -1590,6 +1870,8 @@ def estimate_s(plan, args):
                 # opening 10,000 connections takes about a second; waitress
                 # accepts slowly and may use the whole time limit
                 per += 3.0 + (args.idle_time_limit if VARIANTS[v]["server"] == "waitress" else 0)
+            if SCENARIOS[sc].get("access_log"):
+                per += (args.runs + 2) * LOG_SETTLE_S  # settle(): probes, warm-up, each run
             total += per
     return total
 
@@ -1621,7 +1903,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(
         description="Benchmark rswaitress against waitress, gunicorn, granian, nginx.")
     ap.add_argument("--quick", action="store_true",
-                    help="1 run of 2 s per figure, 1 s warm-up (about 10 min for every "
+                    help="1 run of 2 s per figure, 1 s warm-up (about 10-11 min for every "
                          "scenario and default variant)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help="comma list from: %s (default all)" % ", ".join(SCENARIOS))
@@ -1750,8 +2032,9 @@ def main(argv=None):
     md = os.path.join(args.out, "results.md")
     js = os.path.join(args.out, "results.json")
     png = os.path.join(args.out, "results.png")
+    overhead = log_overhead(results)
     with open(js, "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
+        json.dump({"meta": meta, "results": results, "log_overhead": overhead}, f, indent=1)
     write_markdown(md, meta, results, ref)
     chart = write_chart(png, meta, results, ref) if results else False
 
@@ -1761,6 +2044,8 @@ def main(argv=None):
     log(CPU_EXPLAINED)
     for scenario, sres in results.items():
         print_scenario(scenario, sres, ref)
+    if overhead:
+        print_overhead(overhead)
     print_matrices(results, variants)
     log("\nwrote %s, %s%s  (%.0f s)" % (md, js, (", " + png) if chart else "",
                                          meta["elapsed_s"]))
