@@ -76,7 +76,14 @@ struct Sink {
     prefix: Vec<u8>,
     suffix: Vec<u8>,
     buf: Vec<u8>,
+    /// A pipe, a terminal or a socket (not a regular file): written in pieces of at most
+    /// PIPE_ATOMIC bytes ending at line ends, so that lines of other processes writing
+    /// to the same pipe (the other workers) never land inside ours.
+    in_pieces: bool,
 }
+
+/// What POSIX promises a pipe writes whole (PIPE_BUF's least value is 512; Linux's 4096).
+const PIPE_ATOMIC: usize = 4096;
 
 /// What Python describes a direct sink with: (descriptor, prefix, suffix).
 pub type SinkSpec = (i64, Vec<u8>, Vec<u8>);
@@ -90,12 +97,29 @@ const SINK_BUFFER: usize = 16 * 1024;
 impl Sink {
     fn write_out(&mut self) {
         use std::io::Write;
-        if !self.buf.is_empty() {
-            // An error (a full disk, a closed pipe) loses these lines, as a failing
-            // logging handler would; the server goes on.
-            let _ = self.file.write_all(&self.buf);
-            self.buf.clear();
+        if self.buf.is_empty() {
+            return;
         }
+        // An error (a full disk, a closed pipe) loses these lines, as a failing logging
+        // handler would; the server goes on. (A regular file is opened for appending by
+        // logging's FileHandler: one write is appended whole.)
+        if !self.in_pieces {
+            let _ = self.file.write_all(&self.buf);
+        } else {
+            let mut rest = &self.buf[..];
+            while !rest.is_empty() {
+                let mut end = rest.len().min(PIPE_ATOMIC);
+                if end < rest.len() {
+                    // Back to the last line end within the piece (a longer line goes alone).
+                    end = rest[..end].iter().rposition(|&b| b == b'\n').map_or(end, |i| i + 1);
+                }
+                if self.file.write_all(&rest[..end]).is_err() {
+                    break;
+                }
+                rest = &rest[end..];
+            }
+        }
+        self.buf.clear();
     }
 }
 
@@ -117,11 +141,14 @@ pub fn set_access_sinks(wanted: Option<Vec<SinkSpec>>) -> std::io::Result<()> {
         Some(desc) => {
             let mut made = Vec::with_capacity(desc.len());
             for (fd, prefix, suffix) in &desc {
+                let file = duplicate_file(*fd)?;
+                let in_pieces = !file.metadata().map(|m| m.is_file()).unwrap_or(false);
                 made.push(Sink {
-                    file: duplicate_file(*fd)?,
+                    file,
                     prefix: prefix.clone(),
                     suffix: suffix.clone(),
                     buf: Vec::new(),
+                    in_pieces,
                 });
             }
             Some((desc, made))

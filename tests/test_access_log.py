@@ -265,3 +265,65 @@ def test_a_filter_added_later_takes_effect(make_server, scratch_logger, tmp_path
     send_raw(srv.addr, request("GET", "/visible", headers=[("Connection", "close")]))
     assert wait_until(lambda: "/visible" in path.read_text(), WAIT)
     assert f"/secret{n}" not in path.read_text()
+
+
+_MASTER = r"""
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+sys.path.insert(0, sys.argv[1])
+import apps, rswaitress
+if __name__ == "__main__":
+    server = rswaitress.create_server(apps.hello, **json.loads(sys.argv[2]))
+    print("PORT", server.effective_port, flush=True)
+    server.run()
+"""
+
+
+@pytest.mark.posix_signals
+def test_workers_share_one_stream_without_mixing_lines():
+    """Two workers write their lines to the master's stderr (one pipe): every line comes
+    whole, and there is one per request."""
+    import json
+
+    from procs import PythonChild, stop_processes
+
+    kw = {"listen": "127.0.0.1:0", "workers": 2, "access_log": True,
+          "access_log_format": "%(U)s %(s)s %(p)s"}
+    child = PythonChild(_MASTER, os.path.dirname(os.path.abspath(__file__)), json.dumps(kw))
+    try:
+        port = child.read_port()
+        for _ in range(2):
+            child.stderr.wait_for(lambda line: "is serving" in line)
+        clients, per_client = 6, 200
+        errors = []
+
+        def client(i):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+                for n in range(per_client):
+                    conn.request("GET", f"/c{i}/{n}")
+                    r = conn.getresponse()
+                    r.read()
+                conn.close()
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        assert not errors
+        child.proc.terminate()
+        assert child.proc.wait(WAIT) == 0
+        out = child.stderr.rest().decode().splitlines() + child.stderr.seen
+        lines = [line for line in out if line.startswith("rswaitress.access ")]
+        assert len(lines) == clients * per_client
+        paths = set()
+        for line in lines:
+            _, path, status, pid = line.split(" ")
+            assert status == "200" and pid.startswith("<") and pid.endswith(">")
+            paths.add(path)
+        assert paths == {f"/c{i}/{n}" for i in range(clients) for n in range(per_client)}
+    finally:
+        stop_processes([child.proc])
