@@ -17,13 +17,15 @@ rswaitress on 127.0.0.1, a free port, serving:
                writes a byte; prints ``RELEASED <t>`` and answers "held"
 
 ``<t>`` is time.monotonic() (CLOCK_MONOTONIC: the same clock in the parent on Linux).
-Prints ``PORT <n>`` and ``CORE <path of the extension module>`` once listening.  Stops
+Prints ``PORT <n>`` and ``CORE <path of the extension module>`` once listening; the
+``rswaitress`` logger's records from INFO up go to stderr.  Stops
 on SIGTERM/SIGINT, when its stdin reaches EOF (the parent is gone) or after
 --max-seconds, whichever comes first.
 """
 
 import argparse
 import ctypes
+import logging
 import os
 import sys
 import threading
@@ -131,6 +133,12 @@ def main(argv=None):
     p.add_argument("--max-seconds", type=float, default=600.0)
     a = p.parse_args(argv)
     _watchdog(a.max_seconds)
+
+    # The server's own records (e.g. closing a connection that reads none of its
+    # response) go to stderr, which the runner summarises.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rswaitress").setLevel(logging.INFO)
 
     import rswaitress
     from rswaitress import create_server

@@ -45,6 +45,7 @@ import os
 import platform
 import re
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -555,9 +556,13 @@ def slow_scenario(python, log):
         out["get"] = lat_summary(lat)
         # GETs answered while every pool thread was still held by a slow client (before
         # the first close()), and once at least one was free again.
+        # GETs sent while every pool thread was still held by a slow client (before the
+        # first close()), and those sent once one was free again.
         first_free = closed_at[0] if closed_at else float("inf")
-        out["get_held"] = lat_summary([x for x, e in zip(lat, ends) if e < first_free])
-        out["get_free"] = lat_summary([x for x, e in zip(lat, ends) if e >= first_free])
+        held = [(x, e) for x, e in zip(lat, ends) if e - x < first_free]
+        out["get_held"] = lat_summary([x for x, _ in held])
+        out["get_held_done_after_free"] = sum(1 for _, e in held if e >= first_free)
+        out["get_free"] = lat_summary([x for x, e in zip(lat, ends) if e - x >= first_free])
         out["get_first"] = lat[0] if lat else None
         out["get_errors"] = box.get("errors", [])
         # A new connection while the slow clients are still connected and not reading.
@@ -570,9 +575,9 @@ def slow_scenario(python, log):
             f"waited up to {window:g} s)")
         g, gh, gf = out["get"], out["get_held"], out["get_free"]
         log(f"  GET loop meanwhile: x{g['n']} p50 {ms(g['p50'])} p99 {ms(g['p99'])} "
-            f"max {ms(g['max'])}, errors {out['get_errors'] or 'none'}; answered while all "
-            f"pool threads were held: {gh['n']}; first GET {ms(out['get_first'])}; after "
-            f"a thread was freed: x{gf['n']} p99 {ms(gf['p99'])}")
+            f"max {ms(g['max'])}, errors {out['get_errors'] or 'none'}; sent while all "
+            f"pool threads were held: {gh['n']} answered (max {ms(gh['max'])}); sent once "
+            f"one was free: x{gf['n']} p99 {ms(gf['p99'])}")
         log(f"  new connection answered afterwards: {out['answers_after']} "
             f"({out['answers_after_s']:.2f} s)")
     finally:
@@ -934,11 +939,12 @@ def markdown(env, res, rows, ok):
                   f"{g['n']:,d} answered, p50 {ms(g['p50'])}, p99 {ms(g['p99'])}, max "
                   f"{ms(g['max'])}; errors: "
                   + (", ".join(f"{k} after {t:.1f} s" for k, t in s["get_errors"]) or "none"))
-        md.append(f"  - while all {THREADS} pool threads were held (before the first close()): "
-                  f"{gh['n']} answered (no pool thread is free to run the application); the "
-                  f"first GET took {ms(s['get_first'])}")
-        md.append(f"  - once a pool thread was free: {gf['n']:,d} answered, p50 {ms(gf['p50'])}, "
-                  f"p99 {ms(gf['p99'])}, max {ms(gf['max'])}")
+        md.append(f"  - sent while all {THREADS} pool threads were held (before the first "
+                  f"close()): {gh['n']} answered, {s['get_held_done_after_free']} of them once "
+                  f"a thread was free (none can run before: no pool thread is free for the "
+                  f"application), latency max {ms(gh['max'])}")
+        md.append(f"  - sent once a pool thread was free: {gf['n']:,d} answered, p50 "
+                  f"{ms(gf['p50'])}, p99 {ms(gf['p99'])}, max {ms(gf['max'])}")
         md.append(f"- new connection answered afterwards, slow clients still connected: "
                   f"{'yes' if s['answers_after'] else 'no'} ({s['answers_after_s']:.2f} s)")
         if "answers_after_disconnect" in s:
@@ -1018,8 +1024,8 @@ def main(argv=None):
 
     python = os.path.abspath(args.python) if os.sep in args.python else args.python
     env = {
-        "command": " ".join(["python tests/stress/run_isolation.py"]
-                            + list(argv if argv is not None else sys.argv[1:])),
+        "command": shlex.join(["python", "tests/stress/run_isolation.py"]
+                              + list(argv if argv is not None else sys.argv[1:])),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "rev": _git_rev(),
         "machine": f"{_cpu_model()}, {os.cpu_count()} cores, {platform.system()} "
