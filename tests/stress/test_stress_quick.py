@@ -5,7 +5,8 @@
   stress server in a subprocess; descriptors must come back to the baseline (+-2) and
   the thread count must not change.
 - ``test_run_stress_quick`` runs ``run_stress.py --quick`` (100k requests under wrk,
-  2,000 aborts) only when RSWAITRESS_STRESS is set:
+  2,000 aborts) and ``test_run_isolation_quick`` runs ``run_isolation.py --quick``
+  (worst-case heads, slow readers, a GIL-holding call) only when RSWAITRESS_STRESS is set:
 
       RSWAITRESS_STRESS=1 python -m pytest tests/stress -v
 """
@@ -58,5 +59,23 @@ def test_run_stress_quick(tmp_path):
         )
     except subprocess.TimeoutExpired as e:  # run() has killed it
         pytest.fail(f"run_stress.py --quick took over 90 s:\n{e.stdout}")
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert "ALL TARGETS MET" in p.stdout
+
+
+@pytest.mark.skipif(not os.environ.get("RSWAITRESS_STRESS"), reason="set RSWAITRESS_STRESS=1")
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="ctypes.PyDLL(None), pass_fds and /proc/net/tcp")
+@pytest.mark.timeout(150)
+def test_run_isolation_quick(tmp_path):
+    out = tmp_path / "results-isolation.md"
+    try:
+        p = subprocess.run(
+            [sys.executable, os.path.join(HERE, "run_isolation.py"), "--quick",
+             "--out", str(out)],
+            capture_output=True, text=True, timeout=140,
+        )
+    except subprocess.TimeoutExpired as e:  # run() has killed it
+        pytest.fail(f"run_isolation.py --quick took over 140 s:\n{e.stdout}")
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
     assert "ALL TARGETS MET" in p.stdout
