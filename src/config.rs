@@ -38,6 +38,8 @@ pub struct Config {
     pub multiprocess: bool,
     /// The access log's format, when the access log is on.
     pub access_log: Option<std::sync::Arc<crate::access_log::Format>>,
+    /// TLS on the TCP listeners (ssl_certfile & co.), when ssl_certfile is set.
+    pub tls: Option<crate::tls::Settings>,
 }
 
 impl Default for Config {
@@ -66,6 +68,7 @@ impl Default for Config {
             max_requests: 0,
             multiprocess: false,
             access_log: None,
+            tls: None,
         }
     }
 }
@@ -123,6 +126,33 @@ impl Config {
             } else {
                 None
             },
+            tls: tls_settings(adj)?,
         })
+    }
+}
+
+/// The `ssl_*` settings (already checked by the adjustments), when ssl_certfile is set.
+pub fn tls_settings(adj: &Bound<'_, PyAny>) -> PyResult<Option<crate::tls::Settings>> {
+    let opt = |name: &str| -> PyResult<Option<String>> { adj.getattr(name)?.extract::<Option<String>>() };
+    let Some(certfile) = opt("ssl_certfile")? else { return Ok(None) };
+    let reqs = opt("ssl_cert_reqs")?.unwrap_or_default();
+    let cert_reqs = match reqs.as_str() {
+        "required" => crate::tls::CertReqs::Required,
+        "optional" => crate::tls::CertReqs::Optional,
+        _ => crate::tls::CertReqs::None,
+    };
+    Ok(Some(crate::tls::Settings {
+        certfile,
+        keyfile: opt("ssl_keyfile")?,
+        password: opt("ssl_keyfile_password")?,
+        ca_certs: opt("ssl_ca_certs")?,
+        cert_reqs,
+        tls13_only: opt("ssl_min_version")?.as_deref() == Some("TLSv1.3"),
+    }))
+}
+
+impl Config {
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 }

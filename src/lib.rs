@@ -14,6 +14,7 @@ mod metrics;
 mod metrics_hub;
 mod pool;
 mod reactor;
+mod tls;
 mod wsgi;
 
 use std::io::Read;
@@ -71,7 +72,10 @@ impl MetricsServer {
     #[new]
     fn new(fd: i64, adj: &Bound<'_, PyAny>) -> PyResult<Self> {
         let cfg = Config::from_adjustments(adj)?;
-        let listener = adopt(fd, ListenerInfo { server_port: String::new(), is_unix: false, metrics: true })?;
+        let listener = adopt(
+            fd,
+            ListenerInfo { server_port: String::new(), is_unix: false, metrics: true, tls: false },
+        )?;
         let shared = Shared::with_metrics(cfg, vec![listener], MetricsHub::master()).map_err(os_error)?;
         Ok(MetricsServer { shared: Arc::new(shared), thread: parking_lot::Mutex::new(None) })
     }
@@ -141,13 +145,19 @@ impl Server {
         metrics_block: Option<(usize, usize, PyObject)>,
     ) -> PyResult<Self> {
         let cfg = Config::from_adjustments(adj)?;
+        let tls = cfg.is_tls();
         let mut adopted = Vec::with_capacity(listeners.len() + 1);
         for (fd, server_port, is_unix) in listeners {
-            adopted.push(adopt(fd, ListenerInfo { server_port, is_unix, metrics: false })?);
+            adopted.push(adopt(
+                fd,
+                ListenerInfo { server_port, is_unix, metrics: false, tls: tls && !is_unix },
+            )?);
         }
         if let Some(fd) = metrics_fd {
-            adopted
-                .push(adopt(fd, ListenerInfo { server_port: String::new(), is_unix: false, metrics: true })?);
+            adopted.push(adopt(
+                fd,
+                ListenerInfo { server_port: String::new(), is_unix: false, metrics: true, tls: false },
+            )?);
         }
         let hub = match metrics_block {
             // SAFETY: the caller passes the address and size of a mapping owned by `keep`
@@ -159,6 +169,7 @@ impl Server {
             None => MetricsHub::single(),
         };
         let shared = Arc::new(Shared::with_metrics(cfg, adopted, hub).map_err(os_error)?);
+        shared.load_tls().map_err(pyo3::exceptions::PyValueError::new_err)?;
         let ctx = Arc::new(WorkerCtx::new(py, shared.clone(), app)?);
         Ok(Server { shared, ctx })
     }
@@ -249,6 +260,13 @@ impl Server {
         wsgi::worker::run(py, &self.ctx);
     }
 
+    /// Loads the TLS certificate and key again (their files may have been replaced): new
+    /// connections use them, those open keep their session. ValueError, with the old
+    /// ones still in use, when they cannot be loaded.
+    fn reload_tls(&self) -> PyResult<()> {
+        self.shared.load_tls().map_err(pyo3::exceptions::PyValueError::new_err)
+    }
+
     /// Asks run() to stop accepting, finish what is in progress and return.
     fn close(&self) {
         self.shared.request_stop();
@@ -314,6 +332,16 @@ fn check_access_log_format(format: &str) -> PyResult<()> {
     access_log::Format::parse(format).map(|_| ()).map_err(pyo3::exceptions::PyValueError::new_err)
 }
 
+/// Loads the TLS settings of `adj` as a server would: ValueError naming the file and the
+/// problem (unreadable, not PEM, wrong password, key not matching the certificate).
+#[pyfunction]
+fn check_tls(adj: &Bound<'_, PyAny>) -> PyResult<()> {
+    match config::tls_settings(adj)? {
+        Some(settings) => tls::load(&settings).map(|_| ()).map_err(pyo3::exceptions::PyValueError::new_err),
+        None => Ok(()),
+    }
+}
+
 /// Sends access log lines straight to these files, `[(fd, prefix, suffix), ...]`, or
 /// through Python logging (None). See python/rswaitress/access.py.
 #[pyfunction]
@@ -325,6 +353,7 @@ fn set_access_sinks(sinks: Option<Vec<logging::SinkSpec>>) -> PyResult<()> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add_function(wrap_pyfunction!(check_access_log_format, m)?)?;
+    m.add_function(wrap_pyfunction!(check_tls, m)?)?;
     m.add_function(wrap_pyfunction!(set_access_sinks, m)?)?;
     m.add("DEFAULT_ACCESS_LOG_FORMAT", access_log::DEFAULT_FORMAT)?;
     m.add_class::<Server>()?;

@@ -16,6 +16,8 @@ pub struct ListenerInfo {
     pub is_unix: bool,
     /// The metrics listener: its requests are answered by the reactor, never the pool.
     pub metrics: bool,
+    /// Connections speak TLS (a TCP listener of a server with ssl_certfile).
+    pub tls: bool,
 }
 
 pub struct Listener {
@@ -109,7 +111,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     fn info() -> ListenerInfo {
-        ListenerInfo { server_port: "0".into(), is_unix: false, metrics: false }
+        ListenerInfo { server_port: "0".into(), is_unix: false, metrics: false, tls: false }
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct Shared {
     recycling: AtomicBool,
     /// The metrics this process updates, and those its metrics listener shows.
     pub metrics: MetricsHub,
+    /// The TLS configuration new connections to a TLS listener get (replaced by a
+    /// certificate reload; sessions under way keep theirs).
+    tls: parking_lot::RwLock<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl Shared {
@@ -101,7 +104,23 @@ impl Shared {
             requests: AtomicU64::new(0),
             recycling: AtomicBool::new(false),
             metrics,
+            tls: parking_lot::RwLock::new(None),
         })
+    }
+
+    /// Loads the TLS settings' certificate and key (at start and on a reload); the
+    /// configuration in use stays when they cannot be loaded.
+    pub fn load_tls(&self) -> Result<(), String> {
+        let Some(settings) = &self.cfg.tls else { return Ok(()) };
+        let config = crate::tls::load(settings)?;
+        *self.tls.write() = Some(config);
+        Ok(())
+    }
+
+    /// A new server-side TLS session.
+    fn tls_session(&self) -> Result<Box<rustls::ServerConnection>, String> {
+        let config = self.tls.read().clone().ok_or("no TLS configuration")?;
+        rustls::ServerConnection::new(config).map(Box::new).map_err(|e| e.to_string())
     }
 
     /// Asks for a graceful stop: no new connections, requests in progress finish (within
@@ -168,7 +187,7 @@ impl Shared {
             match action {
                 Action::Nothing | Action::AwaitInput | Action::Dispatch => break,
                 Action::AwaitWritable => {
-                    if st.out.is_empty() {
+                    if !st.output_pending() {
                         event = Event::Drained;
                         continue;
                     }
@@ -198,9 +217,7 @@ impl Shared {
                 }
                 Action::HalfClose => {
                     st.input.release();
-                    if let Some(sock) = st.sock() {
-                        let _ = sock.shutdown(std::net::Shutdown::Write);
-                    }
+                    st.shutdown_write();
                     let until = Instant::now() + LINGER;
                     st.linger_until = Some(until);
                     self.lingering.lock().push((until, conn.key));
@@ -231,7 +248,7 @@ impl Shared {
 
     /// What the poller should report for a connection in its phase.
     fn interest(&self, st: &ConnState) -> Interest {
-        let write = !st.out.is_empty();
+        let write = st.output_pending();
         let read = match st.phase {
             Phase::Reading | Phase::Lingering => !st.peer_closed,
             // Read ahead while a request is served only with channel_request_lookahead
@@ -301,7 +318,11 @@ impl Shared {
     }
 
     pub fn log_socket_error(&self, what: &str, e: &io::Error) {
-        if self.cfg.log_socket_errors && !is_disconnect(e) {
+        if e.kind() == io::ErrorKind::InvalidData {
+            // A failed TLS handshake or a bad record: common from scanners and clients
+            // that do not trust the certificate, so not a warning.
+            log::debug!(target: "rswaitress", "TLS error while {what}: {e}");
+        } else if self.cfg.log_socket_errors && !is_disconnect(e) {
             log::warn!(target: "rswaitress", "Socket error while {what}: {e}");
         }
     }
@@ -552,7 +573,7 @@ impl<'a> Reactor<'a> {
         for conn in conns {
             let mut st = conn.st.lock();
             let quiet = now.saturating_duration_since(st.clocks.last_input) > DRAIN_IDLE;
-            if phase::closes_while_draining(st.phase, !st.out.is_empty(), quiet) {
+            if phase::closes_while_draining(st.phase, st.output_pending(), quiet) {
                 let reason =
                     if st.phase == Phase::Lingering { CloseReason::Refused } else { CloseReason::Stopping };
                 self.shared.close(&conn, &mut st, reason);
@@ -596,7 +617,19 @@ impl<'a> Reactor<'a> {
                 Ok((sock, addr)) => {
                     let key = shared.new_key();
                     let peer = peer_strings(&addr, listener.info.is_unix);
-                    let conn = Arc::new(Conn::new(key, sock, listener.info.clone(), peer, &shared.cfg));
+                    let session = if listener.info.tls {
+                        match shared.tls_session() {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                log::warn!(target: "rswaitress", "could not start a TLS session: {e}");
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let conn =
+                        Arc::new(Conn::new(key, sock, listener.info.clone(), peer, &shared.cfg, session));
                     {
                         let st = conn.st.lock();
                         let sock = st.sock().expect("a new connection has its socket");
@@ -644,7 +677,7 @@ impl<'a> Reactor<'a> {
             return;
         }
         let mut event = None;
-        if writable && !st.out.is_empty() {
+        if writable && st.output_pending() {
             match st.flush() {
                 Ok(left) => {
                     if left <= shared.cfg.outbuf_high_watermark as u64 {
@@ -704,7 +737,7 @@ impl<'a> Reactor<'a> {
         let conns: Vec<Arc<Conn>> = shared.conns.lock().values().cloned().collect();
         for conn in conns {
             let mut st = conn.st.lock();
-            let pending = !st.out.is_empty();
+            let pending = st.output_pending();
             if !phase::stalled(st.phase, pending, &st.clocks, now, timeout) {
                 continue;
             }
@@ -762,7 +795,12 @@ mod tests {
         fn start(cfg: Config) -> Running {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap();
-            let info = ListenerInfo { server_port: addr.port().to_string(), is_unix: false, metrics: false };
+            let info = ListenerInfo {
+                server_port: addr.port().to_string(),
+                is_unix: false,
+                metrics: false,
+                tls: false,
+            };
             let listener = Listener::adopt(l.as_raw_fd() as i64, info).unwrap();
             drop(l);
             let shared = Arc::new(Shared::new(cfg, vec![listener]).unwrap());

@@ -146,6 +146,12 @@ EXPECTED_DEFAULTS = {
     "access_log": False,
     "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
     "metrics_listen": None,
+    "ssl_certfile": None,
+    "ssl_keyfile": None,
+    "ssl_keyfile_password": None,
+    "ssl_ca_certs": None,
+    "ssl_cert_reqs": "none",
+    "ssl_min_version": "TLSv1.2",
 }
 
 

@@ -40,7 +40,7 @@ class Master(PythonChild):
     def __init__(self, app="worker_info", env=None, **kw):
         kw.setdefault("listen", "127.0.0.1:0")
         super().__init__(_MASTER, TESTS_DIR, json.dumps({"app": app, "kw": kw}), env=env)
-        line = self.stderr.wait_for(lambda line: "Serving on http://" in line)
+        line = self.stderr.wait_for(lambda line: "Serving on http" in line)
         self.port = int(line.rsplit(":", 1)[1])
 
     def wait_log(self, text, count=1):

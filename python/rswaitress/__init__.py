@@ -63,7 +63,8 @@ def serve(app: WSGIApplication, **kw: Unpack[ServerOptions]) -> None:
             log.setLevel(logging.INFO)
     server = _server(app, **kw)
     if not _quiet:
-        server.print_listen("Serving on http://{}:{}")
+        scheme = "https" if server.adj.ssl_certfile else "http"
+        server.print_listen(f"Serving on {scheme}://{{}}:{{}}")
     server.run()
 
 

@@ -9,13 +9,17 @@ from rswaitress.adjustments import Adjustments
 
 __all__ = [
     "Server", "FileWrapper", "InputStream", "ClientDisconnected", "check_access_log_format",
-    "DEFAULT_ACCESS_LOG_FORMAT", "set_access_sinks", "MetricsServer", "METRICS_SIZE",
+    "DEFAULT_ACCESS_LOG_FORMAT", "set_access_sinks", "MetricsServer", "METRICS_SIZE", "check_tls",
 ]
 
 DEFAULT_ACCESS_LOG_FORMAT: str
 
 def check_access_log_format(format: str) -> None:
     """Checks an access log format (Gunicorn's syntax); ValueError says what is wrong."""
+
+def check_tls(adj: Adjustments) -> None:
+    """Loads the ``ssl_*`` settings' files as a server would; ValueError names the file
+    and the problem."""
 
 def set_access_sinks(sinks: list[tuple[int, bytes, bytes]] | None) -> None:
     """Sends access log lines straight to these files, or through logging (None)."""
@@ -49,6 +53,10 @@ class Server:
 
     def serve_worker(self) -> None:
         """The loop of one pool thread; returns once stop_workers() is called."""
+
+    def reload_tls(self) -> None:
+        """Loads the TLS certificate and key again; ValueError (the previous ones stay in
+        use) when they cannot be loaded."""
 
     def close(self) -> None:
         """Asks run() to stop accepting, finish what is in progress and return."""

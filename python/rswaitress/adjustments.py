@@ -126,6 +126,49 @@ def to_optional_str(value: object) -> str | None:
     return str(value)
 
 
+class TLSSettingsError(ValueError):
+    """A TLS certificate, key or CA file that cannot be used (the message names the
+    setting, the file and why)."""
+
+
+#: ssl_cert_reqs values, by what may be given: the words, or ssl.CERT_NONE (0),
+#: ssl.CERT_OPTIONAL (1) and ssl.CERT_REQUIRED (2) as the ssl module numbers them.
+_CERT_REQS = {
+    "none": "none", "cert_none": "none", "0": "none",
+    "optional": "optional", "cert_optional": "optional", "1": "optional",
+    "required": "required", "cert_required": "required", "2": "required",
+}
+
+
+def to_cert_reqs(value: object) -> str:
+    """``ssl_cert_reqs``: ``"none"``, ``"optional"`` or ``"required"`` (also
+    ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED or their numbers)."""
+    name = getattr(value, "name", None)
+    text = name if isinstance(name, str) else str(int(value) if isinstance(value, int) else value)
+    found = _CERT_REQS.get(text.strip().lower())
+    if found is None:
+        raise ValueError(
+            f"ssl_cert_reqs must be none, optional or required, not {value!r}"
+        )
+    return found
+
+
+def to_tls_version(value: object) -> str:
+    """``ssl_min_version``: ``"TLSv1.2"`` or ``"TLSv1.3"`` (also ``"1.3"``, or
+    ssl.TLSVersion.TLSv1_3)."""
+    name = getattr(value, "name", None)
+    text = (name if isinstance(name, str) else str(value)).strip().lower()
+    text = text.replace("_", ".").removeprefix("tlsv").removeprefix("tls")
+    if text in ("1.2", "1.3"):
+        return "TLSv" + text
+    if text in ("1", "1.0", "1.1", "ssl3", "sslv3", "minimum.supported"):
+        raise ValueError(
+            f"ssl_min_version {value!r} is not supported: TLS 1.2 is the oldest "
+            "version served (give TLSv1.2 or TLSv1.3)"
+        )
+    raise ValueError(f"ssl_min_version must be TLSv1.2 or TLSv1.3, not {value!r}")
+
+
 def only_sockets(value: Iterable[object]) -> list[socket.socket]:
     """Keep the items that are real ``socket.socket`` objects; anything else
     (e.g. the text a config file would give) is dropped without error."""
@@ -288,6 +331,22 @@ SETTINGS = (
             "HOST:PORT of a separate listener answering /metrics (OpenMetrics "
             "text), /healthz and /readyz without the GIL; with workers, the "
             "master's, covering every worker."),
+    Setting("ssl_certfile", to_optional_str, None,
+            "PEM file of the server certificate (and its chain): the TCP "
+            "listeners serve HTTPS (TLS 1.2 and 1.3, ALPN http/1.1)."),
+    Setting("ssl_keyfile", to_optional_str, None,
+            "PEM file of the private key (PKCS#8, PKCS#1 RSA or SEC1 EC); "
+            "without it the key is read from ssl_certfile."),
+    Setting("ssl_keyfile_password", to_optional_str, None,
+            "Password of an encrypted (PKCS#8) ssl_keyfile."),
+    Setting("ssl_ca_certs", to_optional_str, None,
+            "PEM file of the CA certificates client certificates are "
+            "verified against."),
+    Setting("ssl_cert_reqs", to_cert_reqs, "none",
+            "Client certificates: none (not asked for), optional (verified "
+            "when given) or required."),
+    Setting("ssl_min_version", to_tls_version, "TLSv1.2",
+            "Oldest TLS version accepted: TLSv1.2 or TLSv1.3."),
 )
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -296,6 +355,8 @@ SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 RSWAITRESS_ONLY = frozenset({
     "allow_missing_host", "graceful_timeout", "workers", "max_requests", "max_requests_jitter",
     "touch_reload", "access_log", "access_log_format", "metrics_listen",
+    "ssl_certfile", "ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs", "ssl_cert_reqs",
+    "ssl_min_version",
 })
 
 # Pairs of settings that may not be given together, checked in this order
@@ -462,6 +523,12 @@ class Adjustments:
     access_log: bool
     access_log_format: str
     metrics_listen: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_keyfile_password: str | None
+    ssl_ca_certs: str | None
+    ssl_cert_reqs: str
+    ssl_min_version: str
     #: ``metrics_listen`` resolved to one address (set when it is given).
     metrics_address: ListenAddress | None = None
 
@@ -508,6 +575,7 @@ class Adjustments:
 
         self._check_proxy_settings()
         self._check_process_settings()
+        self._check_tls_settings()
         if self.metrics_listen is not None:
             try:
                 found = resolve_listen([self.metrics_listen], self.port, socket.AF_UNSPEC)
@@ -537,6 +605,29 @@ class Adjustments:
                 check_access_log_format(self.access_log_format)
             except ValueError as exc:
                 raise ValueError(f"access_log_format: {exc}") from None
+
+    def _check_tls_settings(self) -> None:
+        if self.ssl_certfile is None:
+            for name in ("ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} has no meaning without ssl_certfile")
+            if self.ssl_cert_reqs != "none":
+                raise ValueError("ssl_cert_reqs has no meaning without ssl_certfile")
+            return
+        if self.ssl_cert_reqs != "none" and self.ssl_ca_certs is None:
+            raise ValueError(
+                f"ssl_cert_reqs={self.ssl_cert_reqs} needs ssl_ca_certs (the CA "
+                "certificates client certificates are verified against)"
+            )
+        try:
+            from rswaitress._core import check_tls
+        except ImportError:  # the compiled core is not built: the server checks it later
+            return
+        # The files are read now, so that a bad one fails at once, naming itself.
+        try:
+            check_tls(self)
+        except ValueError as exc:
+            raise TLSSettingsError(str(exc)) from None
 
     def uses_supervisor(self) -> bool:
         """Whether the server runs as a master with worker processes: more than one

@@ -255,6 +255,32 @@ rswaitress options:
         /healthz and /readyz (503 once a stop or reload has begun), without
         the GIL. With --workers, the master's, covering every worker.
 
+HTTPS (TLS 1.2 and 1.3 on the TCP listeners; Unix sockets stay plain HTTP):
+
+    --ssl-certfile=FILE
+        PEM file of the server certificate, followed by its chain. Sets
+        wsgi.url_scheme to https and HTTPS to on. SIGHUP reloads it (and
+        the key) without downtime.
+
+    --ssl-keyfile=FILE
+        PEM file of the private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+        Default: read the key from --ssl-certfile.
+
+    --ssl-keyfile-password=PASSWORD
+        Password of an encrypted PKCS#8 key.
+
+    --ssl-ca-certs=FILE
+        PEM file of the CA certificates that client certificates are
+        verified against.
+
+    --ssl-cert-reqs=none|optional|required
+        Client certificates: not asked for (default), verified when given,
+        or required. A verified one is in SSL_CLIENT_S_DN (RFC 4514) and
+        SSL_CLIENT_CERT (PEM).
+
+    --ssl-min-version=TLSv1.2|TLSv1.3
+        The oldest TLS version accepted. Default is TLSv1.2.
+
 """
 
 
@@ -362,6 +388,7 @@ def run(argv: list[str] = sys.argv, _serve: Callable[..., Any] | None = None) ->
 
         _serve = serve
 
+    from rswaitress.adjustments import TLSSettingsError
     from rswaitress.supervisor import WorkerBootError
 
     try:
@@ -370,6 +397,9 @@ def run(argv: list[str] = sys.argv, _serve: Callable[..., Any] | None = None) ->
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except WorkerBootError as exc:  # the application failed to load in every worker
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except TLSSettingsError as exc:  # a certificate or key that cannot be loaded
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     return 0

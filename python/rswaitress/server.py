@@ -240,6 +240,9 @@ class BaseWSGIServer:
         #: The metrics listener (metrics_listen), in a server without workers; a worker
         #: keeps its metrics in ``_metrics_block``, shared with the master that serves them.
         self._metrics_listening: _Listening | None = None
+        if adj.ssl_certfile is not None and all(each.is_unix for each in listening):
+            logger.warning("ssl_certfile applies to TCP listeners only: the Unix socket "
+                           "serves plain HTTP")
         try:
             metrics_fd = None
             if adj.metrics_address is not None and _metrics_block is None:
@@ -298,6 +301,7 @@ class BaseWSGIServer:
         self._run_done.clear()
         _RUNNING.add(self)
         restore_sigterm = self._install_sigterm()
+        restore_sighup = self._install_sighup()
         wakeup = _SignalWakeup.install()
         self._start_threads()
         try:
@@ -313,6 +317,8 @@ class BaseWSGIServer:
                 wakeup.uninstall()
             if restore_sigterm is not None:
                 signal.signal(signal.SIGTERM, restore_sigterm)
+            if restore_sighup is not None:
+                signal.signal(signal.SIGHUP, restore_sighup)
             self._core.close()
             self._stop_threads()
             self._running = False
@@ -370,6 +376,39 @@ class BaseWSGIServer:
             raise SystemExit(0)
 
         signal.signal(signal.SIGTERM, _terminate)
+        return current
+
+    def reload_tls(self) -> None:
+        """Loads the TLS certificate and key files again (after a renewal): connections
+        accepted from now on use them, those open keep theirs. Raises ValueError, and
+        keeps serving with the previous ones, when the files cannot be loaded."""
+        if self.adj.ssl_certfile is None:
+            raise ValueError("this server has no TLS listener (ssl_certfile is not set)")
+        self._core.reload_tls()
+
+    def _reload_tls_on_signal(self) -> None:
+        try:
+            self.reload_tls()
+        except ValueError as exc:
+            logger.error("TLS certificate not reloaded, the previous one stays in use: %s", exc)
+        else:
+            logger.info("Reloaded the TLS certificate from %s", self.adj.ssl_certfile)
+
+    def _install_sighup(self) -> _Handler:
+        """SIGHUP reloads the TLS certificate of a server with TLS, when run() owns the
+        main thread and the application has no SIGHUP handler of its own."""
+        if self.adj.ssl_certfile is None or not hasattr(signal, "SIGHUP"):
+            return None
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        current = signal.getsignal(signal.SIGHUP)
+        if current not in (signal.SIG_DFL, None):
+            return None
+
+        def _reload(signum: int, frame: FrameType | None) -> None:
+            self._reload_tls_on_signal()
+
+        signal.signal(signal.SIGHUP, _reload)
         return current
 
     def _start_threads(self) -> None:

@@ -619,6 +619,16 @@ class Supervisor:
             self._forget(w)
 
     def _reload(self, why: str) -> None:
+        if self.adj.ssl_certfile is not None:
+            # New workers would fail to start on a certificate that cannot be loaded:
+            # the workers serving keep the one they have.
+            from rswaitress import _core
+
+            try:
+                _core.check_tls(self.adj)
+            except ValueError as exc:
+                logger.error("Not reloading (%s): %s", why, exc)
+                return
         self._generation += 1
         logger.info("Reloading (%s): starting generation %d", why, self._generation)
         # The new generation is started by _reconcile; the old one is retired once all of

@@ -90,3 +90,9 @@ class ServerOptions(TypedDict, total=False):
     access_log: bool | int | str
     access_log_format: str
     metrics_listen: str | None  # HOST:PORT
+    ssl_certfile: str | None  # PEM certificate chain
+    ssl_keyfile: str | None  # PEM key: PKCS#8, PKCS#1 RSA or SEC1 EC
+    ssl_keyfile_password: str | None
+    ssl_ca_certs: str | None  # PEM CA certificates for client certificates
+    ssl_cert_reqs: str | int  # none / optional / required, or ssl.CERT_*
+    ssl_min_version: str | int  # TLSv1.2 / TLSv1.3, or ssl.TLSVersion

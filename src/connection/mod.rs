@@ -12,11 +12,12 @@
 pub mod outbuf;
 pub mod phase;
 
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
+use rustls::ServerConnection;
 use socket2::Socket;
 
 use crate::config::Config;
@@ -24,6 +25,7 @@ use crate::http::body::{BodyDecoder, Spool};
 use crate::http::request::{self, BodyFraming, HeadRules, HeadScanner, RequestHead};
 use crate::http::{HttpError, InBuf, Version};
 use crate::listener::ListenerInfo;
+use crate::tls::ClientCert;
 pub use outbuf::OutBuf;
 use phase::{Clocks, Facts, Phase};
 
@@ -75,6 +77,16 @@ pub struct Conn {
 
 pub struct ConnState {
     sock: Option<Socket>,
+    /// The TLS session of a connection to a TLS listener: what is read is decrypted into
+    /// `input`, what `out` holds is encrypted on its way to the socket.
+    tls: Option<Box<ServerConnection>>,
+    /// The first byte that came in on a TLS connection (a handshake starts with 22).
+    tls_first_byte: Option<u8>,
+    /// A plain HTTP request came in on the TLS port: it is refused in plaintext.
+    plain_on_tls: bool,
+    handshake_done: bool,
+    /// The verified client certificate, once the handshake is done.
+    pub client_cert: Option<Arc<ClientCert>>,
     pub phase: Phase,
     pub input: InBuf,
     reader: Reader,
@@ -94,6 +106,9 @@ pub struct ConnState {
 /// Most bytes read from one connection per readiness event, so that one fast client does
 /// not keep the others waiting (the poller reports it again).
 const READ_BURST: usize = 1 << 20;
+/// Of the reactor's landing buffer, the part that takes decrypted TLS input (the rest takes
+/// what the socket gives).
+const TLS_PLAIN_SCRATCH: usize = 32 * 1024;
 /// An empty input buffer larger than this gives its memory back.
 const KEEP_INPUT_CAPACITY: usize = 64 * 1024;
 
@@ -106,13 +121,16 @@ impl Conn {
         listener: Arc<ListenerInfo>,
         remote: (String, String),
         cfg: &Config,
+        tls: Option<Box<ServerConnection>>,
     ) -> Self {
+        let mut st = ConnState::new(sock, cfg);
+        st.tls = tls;
         Conn {
             key,
             listener,
             remote_addr: remote.0,
             remote_port: remote.1,
-            st: Mutex::new(ConnState::new(sock, cfg)),
+            st: Mutex::new(st),
             drained: Condvar::new(),
         }
     }
@@ -123,6 +141,11 @@ impl ConnState {
         let now = Instant::now();
         ConnState {
             sock: Some(sock),
+            tls: None,
+            tls_first_byte: None,
+            plain_on_tls: false,
+            handshake_done: false,
+            client_cert: None,
             phase: Phase::Reading,
             input: InBuf::new(),
             reader: Reader::Head(HeadScanner::default()),
@@ -145,8 +168,13 @@ impl ConnState {
     }
 
     /// Marks the connection closed, drops its buffers and hands back the socket for the
-    /// caller to deregister and drop.
+    /// caller to deregister and drop. A TLS session says so first (close_notify), as far
+    /// as the socket takes it.
     pub fn close(&mut self) -> Option<Socket> {
+        if self.phase != Phase::Closed {
+            self.send_close_notify();
+        }
+        self.tls = None;
         self.phase = Phase::Closed;
         self.out.clear();
         self.input.release();
@@ -160,7 +188,43 @@ impl ConnState {
     }
 
     pub fn facts(&self, stopping: bool) -> Facts {
-        Facts { output_pending: !self.out.is_empty(), peer_closed: self.peer_closed, stopping }
+        Facts { output_pending: self.output_pending(), peer_closed: self.peer_closed, stopping }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Bytes waiting for the socket: the output buffer's, and (counted as one) encrypted
+    /// records the TLS session holds.
+    pub fn pending_out(&self) -> u64 {
+        self.out.pending() + self.tls.as_ref().is_some_and(|t| t.wants_write()) as u64
+    }
+
+    /// Whether anything waits for the socket.
+    pub fn output_pending(&self) -> bool {
+        self.pending_out() > 0
+    }
+
+    /// Shuts the sending side down (after an error answer), with a TLS close_notify first.
+    pub fn shutdown_write(&mut self) {
+        self.send_close_notify();
+        if let Some(sock) = self.sock.as_ref() {
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    fn send_close_notify(&mut self) {
+        if let (Some(tls), Some(sock)) = (self.tls.as_deref_mut(), self.sock.as_ref()) {
+            tls.send_close_notify();
+            let mut w: &Socket = sock;
+            while tls.wants_write() {
+                match tls.write_tls(&mut w) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => self.io_out += n as u64,
+                }
+            }
+        }
     }
 
     /// Whether part of a request has arrived (so an EOF now would lose it).
@@ -183,6 +247,9 @@ impl ConnState {
     /// landing buffer), or a Content-Length body straight into its spool. Returns the
     /// bytes read; sets `peer_closed` at end of stream.
     pub fn read_some(&mut self, scratch: &mut [u8]) -> io::Result<usize> {
+        if self.tls.is_some() {
+            return self.read_tls(scratch);
+        }
         let Some(sock) = self.sock.as_ref() else { return Ok(0) };
         let mut total = 0;
         loop {
@@ -229,8 +296,120 @@ impl ConnState {
         }
     }
 
+    /// `read_some` for a TLS connection: what the socket has goes through the session
+    /// (handshake records are answered at once, as far as the socket takes the answer);
+    /// the plaintext lands in the input buffer. Returns the plaintext bytes.
+    fn read_tls(&mut self, scratch: &mut [u8]) -> io::Result<usize> {
+        let (Some(sock), Some(tls)) = (self.sock.as_ref(), self.tls.as_deref_mut()) else { return Ok(0) };
+        let split = scratch.len() - (scratch.len() / 2).min(TLS_PLAIN_SCRATCH);
+        let (wire, plain) = scratch.split_at_mut(split);
+        let mut total = 0;
+        let mut received = 0;
+        let mut failure = None;
+        'socket: loop {
+            let n = match (&*sock).read(wire) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            if self.tls_first_byte.is_none() {
+                self.tls_first_byte = Some(wire[0]);
+            }
+            if self.clocks.head_started.is_none() && matches!(self.reader, Reader::Head(_)) {
+                // A handshake, like a head, must be done within channel_timeout.
+                self.clocks.head_started = Some(Instant::now());
+            }
+            received += n;
+            self.io_in += n as u64;
+            self.clocks.last_input = Instant::now();
+            let mut rest = &wire[..n];
+            while !rest.is_empty() {
+                if let Err(e) = tls.read_tls(&mut rest) {
+                    failure = Some(e);
+                    break 'socket;
+                }
+                if let Err(e) = tls.process_new_packets() {
+                    failure = Some(io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")));
+                    break 'socket;
+                }
+                loop {
+                    match tls.reader().read(plain) {
+                        Ok(0) => {
+                            // close_notify: the client will send nothing more.
+                            self.peer_closed = true;
+                            break;
+                        }
+                        Ok(m) => {
+                            self.input.extend(&plain[..m]);
+                            total += m;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            self.peer_closed = true;
+                            break;
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break 'socket;
+                        }
+                    }
+                }
+            }
+            if n < wire.len() || received >= READ_BURST || self.peer_closed {
+                break;
+            }
+        }
+        if !self.handshake_done && !tls.is_handshaking() {
+            self.handshake_done = true;
+            self.client_cert = tls
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| crate::tls::client_cert(der))
+                .map(Arc::new);
+        }
+        if let Some(e) = failure {
+            if !self.handshake_done && self.tls_first_byte.is_some_and(|b| b.is_ascii_uppercase()) {
+                // Plain HTTP on the TLS port: answered in plaintext (see `parse`).
+                self.tls = None;
+                self.plain_on_tls = true;
+                self.input.clear();
+                return Ok(0);
+            }
+            // The session's alert (if it made one) goes out before the close.
+            let mut w: &Socket = sock;
+            let _ = tls.write_tls(&mut w);
+            return Err(e);
+        }
+        if tls.wants_write() {
+            // Handshake records (and alerts): sent now as far as the socket takes them.
+            let mut w: &Socket = sock;
+            while tls.wants_write() {
+                match tls.write_tls(&mut w) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.io_out += n as u64,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.clocks.output_since = Instant::now();
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// Parses as much of the input as makes one request.
     pub fn parse(&mut self, cfg: &Config) -> Parsed {
+        if std::mem::take(&mut self.plain_on_tls) {
+            let e = HttpError::new(400, "The plain HTTP request was sent to HTTPS port".to_string());
+            return Parsed::Error(e, Version::Http11);
+        }
         let rules =
             HeadRules { max_size: cfg.max_request_header_size, require_host: !cfg.allow_missing_host };
         loop {
@@ -326,6 +505,9 @@ impl ConnState {
     /// Sends `parts` now as far as the socket takes them, buffering the rest behind
     /// anything already waiting. Returns the bytes left waiting.
     pub fn send(&mut self, parts: &[&[u8]]) -> io::Result<u64> {
+        if self.tls.is_some() {
+            return self.send_tls(parts);
+        }
         let Some(sock) = self.sock.as_ref() else { return Err(io::ErrorKind::NotConnected.into()) };
         let was_empty = self.out.is_empty();
         let mut skip = 0usize;
@@ -348,9 +530,42 @@ impl ConnState {
         Ok(self.out.pending())
     }
 
+    /// `send` over TLS: the parts go to the session's writer as far as it takes them
+    /// (one record for small parts together), the rest waits in the output buffer.
+    fn send_tls(&mut self, parts: &[&[u8]]) -> io::Result<u64> {
+        if self.sock.is_none() {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        let was_pending = self.output_pending();
+        let mut skip = 0usize;
+        if let (true, Some(tls)) = (self.out.is_empty(), self.tls.as_deref_mut()) {
+            let total: usize = parts.iter().map(|p| p.len()).sum();
+            while skip < total {
+                let mut slices: [IoSlice<'_>; 8] = [IoSlice::new(&[]); 8];
+                let n = fill_slices(&mut slices, parts, skip);
+                match tls.writer().write_vectored(&slices[..n])? {
+                    0 => break,
+                    taken => skip += taken,
+                }
+            }
+        }
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            self.out.push(&part[skip..])?;
+            skip = 0;
+        }
+        if !was_pending {
+            self.clocks.output_since = Instant::now();
+        }
+        self.flush()
+    }
+
     /// Queues `len` bytes of `file` from `offset` and sends what the socket takes.
     pub fn send_file(&mut self, file: std::fs::File, offset: u64, len: u64) -> io::Result<u64> {
-        if self.out.is_empty() {
+        if !self.output_pending() {
             self.clocks.output_since = Instant::now();
         }
         self.out.push_file(file, offset, len);
@@ -360,13 +575,64 @@ impl ConnState {
     /// Flushes the output buffer as far as the socket takes it; returns what is left.
     pub fn flush(&mut self) -> io::Result<u64> {
         let Some(sock) = self.sock.as_ref() else { return Err(io::ErrorKind::NotConnected.into()) };
-        let sent = self.out.flush(sock)?;
+        let sent = match self.tls.as_deref_mut() {
+            None => self.out.flush(sock)?,
+            Some(tls) => flush_tls(tls, &mut self.out, sock)?,
+        };
         if sent > 0 {
             self.io_out += sent;
             self.clocks.output_since = Instant::now();
         }
-        Ok(self.out.pending())
+        Ok(self.pending_out())
     }
+}
+
+/// Most plaintext bytes handed to a TLS session at once (it takes at most its buffer
+/// limit, 64 KiB, of encrypted output waiting).
+const TLS_FEED: usize = 256 * 1024;
+
+/// Sends the session's encrypted records and feeds it what waits in `out`, until the
+/// socket would block or nothing is left; returns the bytes sent.
+fn flush_tls(tls: &mut ServerConnection, out: &mut OutBuf, sock: &Socket) -> io::Result<u64> {
+    let mut sent = 0u64;
+    let mut w: &Socket = sock;
+    loop {
+        while tls.wants_write() {
+            match tls.write_tls(&mut w) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(sent),
+                Err(e) => return Err(e),
+            }
+        }
+        if out.is_empty() {
+            return Ok(sent);
+        }
+        let fed = out.feed(TLS_FEED, |b| tls.writer().write(b).unwrap_or(0))?;
+        if fed == 0 && !tls.wants_write() {
+            // Only before the handshake is done (nothing is written then).
+            return Ok(sent);
+        }
+    }
+}
+
+/// Fills `slices` with `parts` from byte `skip` on; returns how many were filled.
+fn fill_slices<'a>(slices: &mut [IoSlice<'a>; 8], parts: &[&'a [u8]], mut skip: usize) -> usize {
+    let mut n = 0;
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        if n == slices.len() {
+            break;
+        }
+        slices[n] = IoSlice::new(&p[skip..]);
+        n += 1;
+        skip = 0;
+    }
+    n
 }
 
 fn too_large_body(max: u64) -> HttpError {
@@ -380,20 +646,7 @@ fn send_all_vectored(sock: &Socket, parts: &[&[u8]]) -> io::Result<usize> {
     let mut sent = 0usize;
     while sent < total {
         let mut slices: [IoSlice<'_>; 8] = [IoSlice::new(&[]); 8];
-        let mut n = 0;
-        let mut skip = sent;
-        for p in parts {
-            if skip >= p.len() {
-                skip -= p.len();
-                continue;
-            }
-            if n == slices.len() {
-                break;
-            }
-            slices[n] = IoSlice::new(&p[skip..]);
-            n += 1;
-            skip = 0;
-        }
+        let n = fill_slices(&mut slices, parts, sent);
         match sock.send_vectored(&slices[..n]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => sent += n,

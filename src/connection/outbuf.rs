@@ -16,7 +16,12 @@ pub struct OutBuf {
     pending: u64,
     mem_bytes: usize,
     overflow: usize,
+    /// Where `feed` reads file segments.
+    file_buf: Vec<u8>,
 }
+
+/// Most bytes `feed` reads from a file at once.
+const FEED_READ: usize = 64 * 1024;
 
 enum Seg {
     Mem {
@@ -34,7 +39,7 @@ enum Seg {
 
 impl OutBuf {
     pub fn new(overflow: usize) -> Self {
-        OutBuf { segs: VecDeque::new(), pending: 0, mem_bytes: 0, overflow }
+        OutBuf { segs: VecDeque::new(), pending: 0, mem_bytes: 0, overflow, file_buf: Vec::new() }
     }
 
     pub fn pending(&self) -> u64 {
@@ -126,6 +131,52 @@ impl OutBuf {
         Ok(sent)
     }
 
+    /// Hands up to `max` waiting bytes, in order, to `accept` (a TLS session's plaintext
+    /// writer), which returns how many it took; files are read here (no sendfile: the
+    /// bytes are encrypted). Returns the bytes taken.
+    pub fn feed(&mut self, max: usize, mut accept: impl FnMut(&[u8]) -> usize) -> io::Result<u64> {
+        let mut taken = 0u64;
+        while (taken as usize) < max {
+            let room = max - taken as usize;
+            let n = match self.segs.front_mut() {
+                None => break,
+                Some(Seg::Mem { data, pos }) => {
+                    let end = data.len().min(*pos + room);
+                    let n = accept(&data[*pos..end]);
+                    self.consume_mem(n);
+                    n
+                }
+                Some(Seg::File { file, offset, len, .. }) => {
+                    let want = (*len).min(room.min(FEED_READ) as u64) as usize;
+                    self.file_buf.resize(want, 0);
+                    let got = read_at(file, *offset, &mut self.file_buf)?;
+                    if got == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file shrank while being sent",
+                        ));
+                    }
+                    let n = accept(&self.file_buf[..got]);
+                    *offset += n as u64;
+                    *len -= n as u64;
+                    self.pending -= n as u64;
+                    if *len == 0 {
+                        self.segs.pop_front();
+                    }
+                    n
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            taken += n as u64;
+        }
+        if self.segs.is_empty() {
+            self.file_buf = Vec::new();
+        }
+        Ok(taken)
+    }
+
     fn consume_mem(&mut self, mut n: usize) {
         self.pending -= n as u64;
         self.mem_bytes -= n;
@@ -147,6 +198,7 @@ impl OutBuf {
         self.segs.clear();
         self.pending = 0;
         self.mem_bytes = 0;
+        self.file_buf = Vec::new();
     }
 }
 
@@ -176,7 +228,7 @@ fn send_file(sock: &Socket, file: &File, offset: u64, len: u64) -> io::Result<us
     sock.send(&buf[..n])
 }
 
-#[cfg(all(unix, not(target_os = "linux")))]
+#[cfg(unix)]
 fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     use std::os::unix::fs::FileExt;
     file.read_at(buf, offset)
@@ -221,5 +273,32 @@ mod tests {
         let mut got = Vec::new();
         (&b).read_to_end(&mut got).unwrap();
         assert_eq!(got, b"hello spilled worldfile-part");
+    }
+
+    #[test]
+    fn feeds_in_order_as_far_as_taken() {
+        let mut out = OutBuf::new(4);
+        out.push(b"ab").unwrap();
+        out.push(b"cdefg").unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"0123456789").unwrap();
+        out.push_file(f, 3, 5);
+        out.push(b"xyz").unwrap();
+        let mut got = Vec::new();
+        // A taker that accepts at most 3 bytes per call, and 8 in all per feed.
+        while !out.is_empty() {
+            let mut budget = 8usize;
+            let taken = out
+                .feed(1 << 20, |b| {
+                    let n = b.len().min(3).min(budget);
+                    budget -= n;
+                    got.extend_from_slice(&b[..n]);
+                    n
+                })
+                .unwrap();
+            assert!(taken > 0 && taken <= 8);
+            assert_eq!(out.pending() + got.len() as u64, 15);
+        }
+        assert_eq!(got, b"abcdefg34567xyz");
     }
 }

@@ -123,8 +123,9 @@ pub fn step(phase: Phase, event: Event, f: Facts) -> (Phase, Action) {
             }
         }
         (P::Reading, E::Input) => (P::Reading, A::ParseNext),
-        // The interim 100 Continue went out: wait for the body.
-        (P::Reading, E::Drained) => (P::Reading, A::AwaitInput),
+        // The interim 100 Continue (or a TLS handshake record) went out: parse what
+        // arrived meanwhile, or wait for it.
+        (P::Reading, E::Drained) => (P::Reading, A::ParseNext),
         (P::Reading, E::Refused) => (P::Flushing(After::Linger), A::AwaitWritable),
         (P::Reading, E::PeerClosed) => (P::Reading, A::ParseNext),
         (P::Reading, E::Stalled) => (P::Closed, A::Close),
@@ -229,7 +230,7 @@ mod tests {
     fn interim_continue_then_body() {
         assert_eq!(step(P::Reading, E::Input, NONE), (P::Reading, A::ParseNext));
         assert_eq!(step(P::Reading, E::NeedMore, PENDING), (P::Reading, A::AwaitWritable));
-        assert_eq!(step(P::Reading, E::Drained, NONE), (P::Reading, A::AwaitInput));
+        assert_eq!(step(P::Reading, E::Drained, NONE), (P::Reading, A::ParseNext));
     }
 
     #[test]

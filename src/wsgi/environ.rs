@@ -155,6 +155,15 @@ pub fn build<'py>(
     env.set_item(intern!(py, "REQUEST_URI"), latin1(py, &head.uri)?)?;
     env.set_item(intern!(py, "QUERY_STRING"), latin1(py, target.query)?)?;
     env.set_item(intern!(py, "wsgi.errors"), consts.sys.bind(py).getattr(intern!(py, "stderr"))?)?;
+    if conn.listener.tls {
+        env.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
+        env.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
+        let cert = conn.st.lock().client_cert.clone();
+        if let Some(cert) = cert {
+            env.set_item(intern!(py, "SSL_CLIENT_S_DN"), PyString::new(py, &cert.subject))?;
+            env.set_item(intern!(py, "SSL_CLIENT_CERT"), PyString::new(py, &cert.pem))?;
+        }
+    }
 
     let mut key = Vec::with_capacity(64);
     for (name, value) in head.headers() {

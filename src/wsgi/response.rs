@@ -364,8 +364,9 @@ mod tests {
             server_port: "80".into(),
             is_unix: false,
             metrics: false,
+            tls: false,
         });
-        let conn = Arc::new(Conn::new(7, server, info, ("127.0.0.1".into(), "1".into()), &cfg));
+        let conn = Arc::new(Conn::new(7, server, info, ("127.0.0.1".into(), "1".into()), &cfg, None));
         {
             let mut st = conn.st.lock();
             st.phase = Phase::Queued;

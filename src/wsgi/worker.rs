@@ -445,8 +445,9 @@ mod tests {
             server_port: "80".into(),
             is_unix: false,
             metrics: false,
+            tls: false,
         });
-        let conn = Arc::new(Conn::new(9, server, info, ("127.0.0.1".into(), "5".into()), &cfg));
+        let conn = Arc::new(Conn::new(9, server, info, ("127.0.0.1".into(), "5".into()), &cfg, None));
         let first = {
             let mut st = conn.st.lock();
             let mut scratch = vec![0u8; 65536];

@@ -204,8 +204,9 @@ REFUSED = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n"
 
 
 def refusal_loop(port, until, timeout, pace, out):
-    """Until ``until`` (monotonic): a new connection sends REFUSED and reads the answer, then ``pace`` seconds of pause.  Appends (start, end or None,
-    status or error name) to ``out``."""
+    """Until ``until`` (monotonic): a new connection sends REFUSED and reads the answer,
+    then ``pace`` seconds of pause.  Appends (start, end or None, status or error name)
+    to ``out``."""
     while time.monotonic() < until:
         t0 = time.monotonic()
         try:
