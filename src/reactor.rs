@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use polling::{Event as PollEvent, Events, Poller};
+use polling::{Event as PollEvent, Events, PollMode, Poller};
 
 use crate::config::Config;
 use crate::connection::phase::{self, Action, Event, Phase};
@@ -40,6 +40,8 @@ const RECV_BUFFER: usize = 256 * 1024;
 /// Connections a reactor accepts per wake-up of a listening socket it shares with other
 /// worker processes.
 const SHARED_ACCEPT_BATCH: usize = 1;
+/// Input read ahead (unparsed) while a request of the connection is served, at least.
+const READ_AHEAD: usize = 64 * 1024;
 /// How long a connection refused with an error is drained before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
 /// While draining, a reading connection is closed once it has been quiet this long: a
@@ -251,13 +253,11 @@ impl Shared {
         let write = st.output_pending();
         let read = match st.phase {
             Phase::Reading | Phase::Lingering => !st.peer_closed,
-            // Read ahead while a request is served only with channel_request_lookahead
-            // (to notice a client that left), and only so far.
-            Phase::Queued | Phase::Serving => {
-                self.cfg.channel_request_lookahead > 0
-                    && !st.peer_closed
-                    && st.input.len() < self.lookahead_bytes()
-            }
+            // Input that arrives while a request is served is buffered, unparsed, up to
+            // a bound (more with channel_request_lookahead): the thread that finishes the
+            // response then finds the next request complete and serves it at once, and
+            // the poller's interest need not change per request.
+            Phase::Queued | Phase::Serving => !st.peer_closed && st.input.len() < self.lookahead_bytes(),
             // After an error answer the client may still be sending: keep reading (and
             // dropping) so that neither side blocks.
             Phase::Flushing(phase::After::Linger) => !st.peer_closed,
@@ -266,15 +266,17 @@ impl Shared {
         Interest { read, write }
     }
 
-    /// Registers with the poller what the connection now waits for (interest is one-shot:
-    /// it is armed again after every event).
+    /// Registers with the poller what the connection now waits for. Connections are
+    /// watched level-triggered, and what a keep-alive connection waits for is the same
+    /// (input) from one request to the next, so a request costs no poller call.
     pub fn watch(&self, conn: &Conn, st: &mut ConnState) {
         let want = self.interest(st);
-        if want == st.interest || (!want.read && !want.write) {
+        if want == st.interest {
             return;
         }
         let Some(sock) = st.sock() else { return };
-        match self.poller.modify(sock, PollEvent::new(conn.key, want.read, want.write)) {
+        let ev = PollEvent::new(conn.key, want.read, want.write);
+        match self.poller.modify_with_mode(sock, ev, PollMode::Level) {
             Ok(()) => st.interest = want,
             Err(e) => log::debug!(target: "rswaitress", "poller modify failed: {e}"),
         }
@@ -282,7 +284,7 @@ impl Shared {
 
     /// Input buffered ahead of the request being served, at most.
     fn lookahead_bytes(&self) -> usize {
-        self.cfg.recv_bytes.saturating_mul(self.cfg.channel_request_lookahead)
+        self.cfg.recv_bytes.saturating_mul(self.cfg.channel_request_lookahead).max(READ_AHEAD)
     }
 
     /// Moves a connection's byte counts into the metrics.
@@ -637,7 +639,9 @@ impl<'a> Reactor<'a> {
                         // with the handshake, so it is read at once below.
                         // SAFETY: the socket is deleted from the poller in Shared::close
                         // before it is dropped, and it lives in the state until then.
-                        if let Err(e) = unsafe { shared.poller.add(sock, PollEvent::none(key)) } {
+                        if let Err(e) = unsafe {
+                            shared.poller.add_with_mode(sock, PollEvent::none(key), PollMode::Level)
+                        } {
                             log::warn!(target: "rswaitress", "could not watch a new connection: {e}");
                             continue;
                         }
@@ -671,8 +675,6 @@ impl<'a> Reactor<'a> {
 
     fn on_ready(shared: &Shared, scratch: &mut [u8], conn: &Arc<Conn>, readable: bool, writable: bool) {
         let mut st = conn.st.lock();
-        // Interest is one-shot: whatever was armed has fired.
-        st.interest = Interest::default();
         if st.is_closed() {
             return;
         }
@@ -725,6 +727,8 @@ impl<'a> Reactor<'a> {
                     shared.dispatch(conn.clone(), req);
                 }
             }
+            // Nothing to do for what fired: the interest the phase does not want is
+            // dropped, or it would fire again.
             None => shared.watch(conn, &mut st),
         }
     }

@@ -12,18 +12,20 @@ use crate::http::request::{percent_decode, split_target};
 use crate::wsgi::input::InputStream;
 
 /// `waitress.client_disconnected` / `rswaitress.client_disconnected`: tells a long-running
-/// application whether its client has gone. It can only know when the server reads ahead
-/// while the request is served (channel_request_lookahead > 0) or a write has failed.
+/// application whether its client has gone. As in Waitress, the end of the client's input
+/// counts only with channel_request_lookahead > 0 (a client may half-close and still wait
+/// for its answer); a closed connection (a failed write, a timeout) always does.
 #[pyclass(module = "rswaitress._core", name = "ClientDisconnectedCheck", frozen)]
 pub struct DisconnectCheck {
     conn: std::sync::Arc<Conn>,
+    input_end_counts: bool,
 }
 
 #[pymethods]
 impl DisconnectCheck {
     fn __call__(&self) -> bool {
         let st = self.conn.st.lock();
-        st.is_closed() || st.peer_closed
+        st.is_closed() || (self.input_end_counts && st.peer_closed)
     }
 }
 
@@ -40,6 +42,8 @@ pub struct EnvConsts {
     pub drop_proxy_headers: bool,
     /// `wsgi.multiprocess`.
     pub multiprocess: bool,
+    /// client_disconnected reports the end of the client's input (lookahead is on).
+    pub detect_disconnect: bool,
     /// Every key the server sets, in order, with the values that never change filled in:
     /// each environ starts as a copy of it, so it is allocated at its final size once and
     /// the fixed entries cost nothing per request.
@@ -196,7 +200,8 @@ pub fn build<'py>(
         env.set_item(intern!(py, "CONTENT_LENGTH"), body.len().to_string())?;
     }
     env.set_item(intern!(py, "wsgi.input"), Bound::new(py, InputStream::new(body))?)?;
-    let check = Bound::new(py, DisconnectCheck { conn: conn.clone() })?;
+    let check =
+        Bound::new(py, DisconnectCheck { conn: conn.clone(), input_end_counts: consts.detect_disconnect })?;
     env.set_item(intern!(py, "waitress.client_disconnected"), &check)?;
     env.set_item(intern!(py, "rswaitress.client_disconnected"), &check)?;
     Ok(env)

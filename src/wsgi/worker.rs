@@ -50,6 +50,7 @@ impl WorkerCtx {
             sys: py.import("sys")?.into_any().unbind(),
             drop_proxy_headers: cfg.drop_proxy_headers,
             multiprocess: cfg.multiprocess,
+            detect_disconnect: cfg.channel_request_lookahead > 0,
             template: PyDict::new(py).unbind(),
         };
         consts.make_template(py)?;
