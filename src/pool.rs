@@ -3,7 +3,8 @@
 //! A pool thread that finishes a response takes the next queued request itself, still
 //! holding the GIL. Another thread is woken only when no pool thread is serving, or when
 //! the threads that are serving are all stuck: no request taken or finished for
-//! [`WAKE_AFTER`], and (where the OS tells a thread's CPU time) none of them running.
+//! [`WAKE_AFTER`], and (where the OS tells a thread's CPU time) none of them running or
+//! waiting for a CPU.
 //! So an application whose requests hold the GIL is served by one thread at a time, as
 //! with threads=1 (threads that wake only to wait for the GIL cost hand-offs and context
 //! switches), while a request that sleeps or waits on I/O holds the others back for no
@@ -216,8 +217,9 @@ impl<T> Pool<T> {
         self.epoch + Duration::from_nanos(ns)
     }
 
-    /// Reads each serving thread's CPU time. With `compare`, says whether one used at
-    /// least half of the `window` ns since the previous reading.
+    /// Reads each serving thread's running-or-runnable time. With `compare`, says whether
+    /// one ran (or waited for a CPU) at least half of the `window` ns since the previous
+    /// reading.
     fn snapshot_cpu(&self, compare: bool, window: u64) -> Probe {
         let slots = self.slots.lock();
         let mut any_clock = false;
@@ -332,6 +334,11 @@ impl<T> Pool<T> {
 
 /// A thread's CPU-time clock, readable from other threads (Linux).
 struct ThreadCpu {
+    /// This thread's /proc/self/task/TID/schedstat: its first two fields are the time the
+    /// thread has run and the time it has waited, runnable, for a CPU. Opened for each
+    /// reading (only while requests wait), so that no descriptor is held for it.
+    #[cfg(target_os = "linux")]
+    schedstat: Option<String>,
     #[cfg(target_os = "linux")]
     clock: Option<libc::clockid_t>,
 }
@@ -339,11 +346,19 @@ struct ThreadCpu {
 impl ThreadCpu {
     #[cfg(target_os = "linux")]
     fn current() -> Self {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let schedstat = Some(format!("/proc/self/task/{tid}/schedstat"));
         let mut clock: libc::clockid_t = 0;
         // SAFETY: pthread_self() is the calling thread, alive for the call; `clock` is a
         // valid place for the result.
         let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
-        ThreadCpu { clock: (rc == 0).then_some(clock) }
+        let cpu = ThreadCpu { schedstat, clock: (rc == 0).then_some(clock) };
+        if cpu.read_schedstat().is_some() {
+            cpu
+        } else {
+            ThreadCpu { schedstat: None, ..cpu }
+        }
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -351,9 +366,27 @@ impl ThreadCpu {
         ThreadCpu {}
     }
 
-    /// CPU time used so far (ns), where the OS tells.
+    #[cfg(target_os = "linux")]
+    fn read_schedstat(&self) -> Option<u64> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(self.schedstat.as_ref()?).ok()?;
+        let mut buf = [0u8; 128];
+        let n = file.read(&mut buf).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        let mut fields = text.split_ascii_whitespace().map(|f| f.parse::<u64>().ok());
+        let (ran, waited) = (fields.next()??, fields.next()??);
+        Some(ran + waited)
+    }
+
+    /// Time (ns) the thread has been running or runnable, where the OS tells: a thread
+    /// that is only waiting for a CPU (preempted on a busy machine) is not stuck, and
+    /// another thread woken for its requests would compete for the same CPU and GIL.
+    /// Without schedstat, the CPU time alone.
     #[cfg(target_os = "linux")]
     fn now(&self) -> Option<u64> {
+        if self.schedstat.is_some() {
+            return self.read_schedstat();
+        }
         let clock = self.clock?;
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: `ts` is a valid place for the result; the clock belongs to a pool

@@ -285,7 +285,10 @@ impl ConnState {
                     total += n;
                     self.io_in += n as u64;
                     self.clocks.last_input = Instant::now();
-                    if n < want || total >= READ_BURST {
+                    // Input that went to the buffer is parsed before more is read: once a
+                    // head is parsed, its Content-Length body is read straight into its
+                    // spool instead of through the buffer (the poller reports the rest).
+                    if n < want || total >= READ_BURST || direct.is_none() {
                         return Ok(total);
                     }
                 }

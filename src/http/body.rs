@@ -2,7 +2,7 @@
 //! up to `inbuf_overflow` bytes and in an anonymous temporary file beyond.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 
 use super::{is_tchar, HttpError};
 
@@ -103,10 +103,9 @@ impl Spool {
                 Ok(want)
             }
             Some(f) => {
-                f.seek(SeekFrom::Start(offset))?;
                 let mut got = 0;
                 while got < want {
-                    let n = f.read(&mut buf[got..want])?;
+                    let n = read_at(f, &mut buf[got..want], offset + got as u64)?;
                     if n == 0 {
                         break;
                     }
@@ -116,6 +115,16 @@ impl Spool {
             }
         }
     }
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(f, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(f, buf, offset)
 }
 
 /// Decodes a body as its bytes arrive.
