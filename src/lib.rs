@@ -5,6 +5,7 @@
 //! end; pool threads call `serve_worker()`. See the README's design section.
 
 mod access_log;
+mod check_timer;
 mod config;
 mod connection;
 pub mod http;

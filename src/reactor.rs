@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use polling::{Event as PollEvent, Events, PollMode, Poller};
 
+use crate::check_timer::{self, CheckTimer};
 use crate::config::Config;
 use crate::connection::phase::{self, Action, Event, Phase};
 use crate::connection::{Conn, ConnState, Interest, Parsed, Request};
@@ -59,6 +60,9 @@ pub struct Shared {
     pub poller: Poller,
     /// The listening sockets, until the reactor takes them (and closes them on a stop).
     listeners: Mutex<Option<Vec<Listener>>>,
+    /// The stall check's timer, made with the poller (its descriptor exists from the
+    /// start, like the listeners') until the reactor takes it.
+    check_timer: Mutex<Option<CheckTimer>>,
     listener_count: usize,
     pub conns: Mutex<HashMap<usize, Arc<Conn>>>,
     next_key: AtomicUsize,
@@ -90,10 +94,13 @@ impl Shared {
 
     pub fn with_metrics(cfg: Config, listeners: Vec<Listener>, metrics: MetricsHub) -> io::Result<Self> {
         let listener_count = listeners.len();
+        let poller = Poller::new()?;
+        let check_timer = CheckTimer::new(&poller);
         Ok(Shared {
             cfg,
-            poller: Poller::new()?,
+            poller,
             listeners: Mutex::new(Some(listeners)),
+            check_timer: Mutex::new(Some(check_timer)),
             listener_count,
             conns: Mutex::new(HashMap::new()),
             next_key: AtomicUsize::new(listener_count),
@@ -424,6 +431,7 @@ struct Reactor<'a> {
     /// Accepting was put off after an accept error: the listeners are watched again at
     /// the next tick.
     accept_deferred: bool,
+    check_timer: CheckTimer,
 }
 
 impl Drop for Reactor<'_> {
@@ -432,6 +440,7 @@ impl Drop for Reactor<'_> {
         for l in self.listeners.iter().flatten() {
             let _ = self.shared.poller.delete(l.socket());
         }
+        let _ = self.check_timer.remove(&self.shared.poller);
     }
 }
 
@@ -448,7 +457,8 @@ impl<'a> Reactor<'a> {
         let scratch = vec![0u8; shared.cfg.recv_bytes.max(RECV_BUFFER)];
         shared.metrics.own().mark_started();
         let listeners = listeners.into_iter().map(Some).collect();
-        Ok(Reactor { shared, listeners, scratch, accept_deferred: false })
+        let check_timer = shared.check_timer.lock().take().unwrap_or_else(|| CheckTimer::new(&shared.poller));
+        Ok(Reactor { shared, listeners, scratch, accept_deferred: false, check_timer })
     }
 
     fn run(&mut self) -> io::Result<()> {
@@ -460,10 +470,7 @@ impl<'a> Reactor<'a> {
         let mut pool_check: Option<Instant> = None;
         loop {
             events.clear();
-            let timeout = match pool_check {
-                Some(at) => at.saturating_duration_since(Instant::now()).min(TICK),
-                None => TICK,
-            };
+            let timeout = self.check_timer.timeout(pool_check, TICK);
             if let Err(e) = shared.poller.wait(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     self.stop_accepting();
@@ -472,6 +479,10 @@ impl<'a> Reactor<'a> {
                 }
             }
             for ev in events.iter() {
+                if ev.key == check_timer::KEY {
+                    self.check_timer.fired();
+                    continue;
+                }
                 // A fault in the handling of one connection closes that connection and
                 // is logged; the loop goes on.
                 let outcome = catch_unwind(AssertUnwindSafe(|| self.on_event(ev)));
