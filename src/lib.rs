@@ -349,7 +349,10 @@ fn set_access_sinks(sinks: Option<Vec<logging::SinkSpec>>) -> PyResult<()> {
     logging::set_access_sinks(sinks).map_err(os_error)
 }
 
-#[pymodule]
+// Free-threaded CPython: the module is declared GIL-independent. Every piece of state
+// Python can reach from two threads at once is behind a Rust lock or an atomic, never
+// behind the GIL (docs/free-threading.md lists each and how it is synchronised).
+#[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add_function(wrap_pyfunction!(check_access_log_format, m)?)?;
