@@ -257,6 +257,9 @@ impl Server {
 
     /// The loop of one pool thread; returns once stop_workers() is called.
     fn serve_worker(&self, py: Python<'_>) {
+        // Read when each thread starts (after the application is imported, which may
+        // load an extension that turns the GIL back on).
+        self.shared.pool.set_gil(gil_enabled(py));
         wsgi::worker::run(py, &self.ctx);
     }
 
@@ -304,6 +307,19 @@ impl Server {
     fn connection_count(&self) -> usize {
         self.shared.conns.lock().len()
     }
+}
+
+/// Whether this interpreter runs with the GIL: `sys._is_gil_enabled()` where it exists
+/// (3.13 and later), true before.
+fn gil_enabled(py: Python<'_>) -> bool {
+    let check = || -> PyResult<bool> {
+        let sys = py.import("sys")?;
+        if !sys.hasattr("_is_gil_enabled")? {
+            return Ok(true);
+        }
+        sys.call_method0("_is_gil_enabled")?.is_truthy()
+    };
+    check().unwrap_or(true)
 }
 
 /// A duplicate of the signal wakeup socket's reading end, watched by the run() thread.
