@@ -258,6 +258,9 @@ impl Server {
 
     /// The loop of one pool thread; returns once stop_workers() is called.
     fn serve_worker(&self, py: Python<'_>) {
+        // Read when each thread starts (after the application is imported, which may
+        // load an extension that turns the GIL back on).
+        self.shared.pool.set_gil(gil_enabled(py));
         wsgi::worker::run(py, &self.ctx);
     }
 
@@ -307,6 +310,19 @@ impl Server {
     }
 }
 
+/// Whether this interpreter runs with the GIL: `sys._is_gil_enabled()` where it exists
+/// (3.13 and later), true before.
+fn gil_enabled(py: Python<'_>) -> bool {
+    let check = || -> PyResult<bool> {
+        let sys = py.import("sys")?;
+        if !sys.hasattr("_is_gil_enabled")? {
+            return Ok(true);
+        }
+        sys.call_method0("_is_gil_enabled")?.is_truthy()
+    };
+    check().unwrap_or(true)
+}
+
 /// A duplicate of the signal wakeup socket's reading end, watched by the run() thread.
 fn wakeup_socket(fd: i64, shared: &Shared) -> std::io::Result<Socket> {
     let sock = listener::duplicate(fd)?;
@@ -350,7 +366,10 @@ fn set_access_sinks(sinks: Option<Vec<logging::SinkSpec>>) -> PyResult<()> {
     logging::set_access_sinks(sinks).map_err(os_error)
 }
 
-#[pymodule]
+// Free-threaded CPython: the module is declared GIL-independent. Every piece of state
+// Python can reach from two threads at once is behind a Rust lock or an atomic, never
+// behind the GIL (docs/free-threading.md lists each and how it is synchronised).
+#[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add_function(wrap_pyfunction!(check_access_log_format, m)?)?;

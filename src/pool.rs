@@ -54,6 +54,10 @@ pub struct Pool<T> {
     last_check: AtomicU64,
     /// Current interval (ns) between stall checks.
     interval: AtomicU64,
+    /// Whether the interpreter runs with a GIL. Without one (free-threaded CPython) a
+    /// request running Python does not hold the other threads back, so a queued request
+    /// wakes an idle thread at once instead of waiting for the serving ones.
+    gil: AtomicBool,
 }
 
 /// What reading the serving threads' CPU times told.
@@ -96,7 +100,13 @@ impl<T> Pool<T> {
             progress: AtomicU64::new(0),
             last_check: AtomicU64::new(0),
             interval: AtomicU64::new(WAKE_AFTER.as_nanos() as u64),
+            gil: AtomicBool::new(true),
         }
+    }
+
+    /// Tells the pool whether Python runs with a GIL (see `gil`).
+    pub fn set_gil(&self, enabled: bool) {
+        self.gil.store(enabled, Ordering::Relaxed);
     }
 
     fn now_ns(&self) -> u64 {
@@ -124,7 +134,7 @@ impl<T> Pool<T> {
     /// Queues a request and wakes a thread for it if none is serving.
     pub fn push(&self, task: T) {
         let _ = self.tx.send(Some(task));
-        if self.serving.load(Ordering::SeqCst) == 0 {
+        if self.serving.load(Ordering::SeqCst) == 0 || !self.gil.load(Ordering::Relaxed) {
             self.wake_one();
         }
     }

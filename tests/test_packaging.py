@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 
 import pytest
@@ -30,9 +31,21 @@ def test_type_information_is_installed():
     assert os.path.isfile(os.path.join(PACKAGE_DIR, "_core.pyi"))
 
 
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="extension file names carry no ABI tag")
+@pytest.mark.skipif(FREE_THREADED, reason="free-threaded CPython cannot load abi3 extensions")
 def test_extension_is_built_for_the_stable_abi():
     assert os.path.basename(_core.__file__).startswith("_core.abi3.")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="extension file names carry no ABI tag")
+@pytest.mark.skipif(not FREE_THREADED, reason="needs a free-threaded CPython (3.13t, 3.14t)")
+def test_free_threaded_build_is_version_specific_and_gil_free():
+    # e.g. _core.cpython-313t-x86_64-linux-gnu.so: built for this interpreter's ABI.
+    assert _core.__file__.endswith(sysconfig.get_config_var("EXT_SUFFIX"))
+    assert sys._is_gil_enabled() is False
 
 
 def test_server_options_name_every_adjustment():

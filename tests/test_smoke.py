@@ -443,3 +443,47 @@ def test_dockerfile_entrypoint_serves_and_stops_on_sigterm(children, tmp_path):
     if sys.platform != "win32":
         assert stop_gracefully(c) == 0
         assert "Traceback" not in c.text(), c.text()
+
+
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="needs a free-threaded CPython (3.13t, 3.14t)")
+def test_gil_stays_disabled_while_serving(children):
+    """A free-threaded interpreter keeps the GIL off after importing the core and serving
+    requests on several pool threads at once: the extension declares itself
+    GIL-independent (an undeclared extension would turn the GIL back on at import, with
+    a RuntimeWarning). Run in a fresh interpreter with PYTHON_GIL unset."""
+    code = textwrap.dedent("""
+        import http.client, sys, threading
+        import rswaitress
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [str(sys._is_gil_enabled()).encode()]
+
+        srv = rswaitress.create_server(app, host="127.0.0.1", port=0, threads=4)
+        t = threading.Thread(target=srv.run, daemon=True)
+        t.start()
+        answers = []
+
+        def client():
+            conn = http.client.HTTPConnection("127.0.0.1", int(srv.effective_port), timeout=30)
+            for _ in range(20):
+                conn.request("GET", "/")
+                answers.append(conn.getresponse().read())
+            conn.close()
+
+        clients = [threading.Thread(target=client) for _ in range(4)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        srv.close()
+        t.join(30)
+        print(sorted(set(answers)), sys._is_gil_enabled())
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
+    c = children([sys.executable, "-W", "error::RuntimeWarning", "-c", code], env=env)
+    assert c.wait_exit() == 0, c.text()
+    assert c.text("stdout") == "[b'False'] False", (c.text("stdout"), c.text())
