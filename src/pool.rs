@@ -9,6 +9,8 @@
 //! with threads=1 (threads that wake only to wait for the GIL cost hand-offs and context
 //! switches), while a request that sleeps or waits on I/O holds the others back for no
 //! longer than WAKE_AFTER. Idle threads are woken most recently idle first (warm caches).
+//! Without a GIL (free-threaded CPython) threads do run at once: every queued request
+//! wakes an idle thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
