@@ -455,22 +455,24 @@ def test_reload_in_process(make_server, pki, tmp_path):
 
 
 _SERVE = r"""
-import json, sys
+import json, signal, sys
 sys.path.insert(0, sys.argv[1])
 import apps, rswaitress
 if __name__ == "__main__":
+    if sys.argv[3:] == ["nohup"]:  # started with SIGHUP ignored, as nohup does
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     rswaitress.serve(apps.worker_info, **json.loads(sys.argv[2]))
 """
 
 
 @pytest.mark.posix_signals
-@pytest.mark.parametrize("workers", [1, 2])
-def test_reload_on_sighup(pki, tmp_path, workers):
+@pytest.mark.parametrize("workers, nohup", [(1, False), (1, True), (2, False)])
+def test_reload_on_sighup(pki, tmp_path, workers, nohup):
     certfile = str(tmp_path / "live.pem")
     shutil.copy(pki.certfile, certfile)
     kw = {"listen": "127.0.0.1:0", "ssl_certfile": certfile, "ssl_keyfile": pki.keyfile,
           "workers": workers}
-    child = PythonChild(_SERVE, TESTS_DIR, json.dumps(kw))
+    child = PythonChild(_SERVE, TESTS_DIR, json.dumps(kw), *(["nohup"] if nohup else []))
     try:
         line = child.stderr.wait_for(lambda line: "Serving on https://" in line)
         port = int(line.rsplit(":", 1)[1])

@@ -369,7 +369,7 @@ class BaseWSGIServer:
             current = signal.getsignal(signal.SIGTERM)
         except (AttributeError, ValueError):
             return None
-        if current not in (signal.SIG_DFL, None):
+        if current not in (signal.SIG_DFL, signal.SIG_IGN, None):
             return None
 
         def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -396,13 +396,14 @@ class BaseWSGIServer:
 
     def _install_sighup(self) -> _Handler:
         """SIGHUP reloads the TLS certificate of a server with TLS, when run() owns the
-        main thread and the application has no SIGHUP handler of its own."""
+        main thread and the application has no SIGHUP handler of its own (an ignored
+        SIGHUP, as under nohup, is no handler: the reload still works there)."""
         if self.adj.ssl_certfile is None or not hasattr(signal, "SIGHUP"):
             return None
         if threading.current_thread() is not threading.main_thread():
             return None
         current = signal.getsignal(signal.SIGHUP)
-        if current not in (signal.SIG_DFL, None):
+        if current not in (signal.SIG_DFL, signal.SIG_IGN, None):
             return None
 
         def _reload(signum: int, frame: FrameType | None) -> None:
