@@ -28,6 +28,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -86,6 +87,18 @@ SCENARIOS = {
         title="hello (keep-alive)",
         desc='13-byte "Hello, World!", 50 keep-alive connections',
         path="/hello", conns=50, threads=2, check=_is(HELLO), nginx=True),
+    "tls-hello": dict(
+        title="hello over TLS (keep-alive)",
+        desc="hello over HTTPS on 50 keep-alive connections (2 wrk threads); a "
+             "self-signed EC P-256 certificate made per run, the same files for "
+             "every server; waitress has no TLS",
+        path="/hello", conns=50, threads=2, check=_is(HELLO), nginx=True, tls=True),
+    "tls-close": dict(
+        title="hello over TLS, Connection: close",
+        desc="tls-hello with Connection: close on every request: a full TLS "
+             "handshake per request (the handshake cost)",
+        path="/hello", conns=50, threads=2, headers=["Connection: close"],
+        check=_is(HELLO), nginx=True, tls=True),
     "hello-log": dict(
         title="hello, access log on",
         desc="hello (50 keep-alive connections) with the server's access log on, "
@@ -173,7 +186,8 @@ SCENARIO_ALIASES = {
     "idle10k": "idle", "c10k": "idle", "flask": "flask-hello",
     "django": "django-hello", "orm": "django-orm", "jinja": "flask-jinja",
     "json": "flask-json", "cpu-bound": "cpu", "log": "hello-log",
-    "access-log": "hello-log", "accesslog": "hello-log",
+    "access-log": "hello-log", "tls": "tls-hello", "https": "tls-hello",
+    "tls-keepalive": "tls-hello", "https-close": "tls-close", "accesslog": "hello-log",
 }
 
 # Server variants: one server kind ("server") in one configuration.  A kind
@@ -661,13 +675,19 @@ def server_command(variant, port, scenario, tmp, access_log=None):
     kind = spec["server"]
     idle = scenario == "idle"
     target = SCENARIOS[scenario].get("app", "apps:app")
+    tls = SCENARIOS[scenario].get("tls")
+    cert, key = (TLS_FILES["cert"], TLS_FILES["key"]) if tls else (None, None)
     if kind in ("rswaitress", "waitress"):
         extra = {}
         if idle:
             extra = dict(connection_limit=12000, channel_timeout=300,
                          asyncore_use_poll=True)
+        kwargs = spec["kwargs"]
+        if tls:
+            # In the variant's kwargs: a serve() without TLS says "not available".
+            kwargs = dict(kwargs, ssl_certfile=cert, ssl_keyfile=key)
         code = PY_LAUNCHER % dict(bench=BENCH_DIR, target=target, server=kind, host=HOST,
-                                  port=port, kwargs=spec["kwargs"], extra=extra,
+                                  port=port, kwargs=kwargs, extra=extra,
                                   access_log=access_log, na_exit=NOT_AVAILABLE_EXIT)
         return [spec.get("python") or sys.executable, "-c", code]
     if kind == "gunicorn":
@@ -678,6 +698,8 @@ def server_command(variant, port, scenario, tmp, access_log=None):
             argv += ["--worker-connections", "12000", "--keep-alive", "300"]
         if access_log:
             argv += ["--access-logfile", access_log]
+        if tls:
+            argv += ["--certfile", cert, "--keyfile", key]
         return argv + [target]
     if kind == "granian":
         argv = [sys.executable, "-m", "granian", "--interface", "wsgi"] + spec["args"] + [
@@ -690,19 +712,27 @@ def server_command(variant, port, scenario, tmp, access_log=None):
             argv += ["--access-log", "--access-log-fmt", GRANIAN_ACCESS_FMT,
                      "--log-config", granian_log_config(access_log, tmp,
                                                         "%s-%s" % (variant, scenario))]
+        if tls:
+            argv += ["--ssl-certificate", cert, "--ssl-keyfile", key]
         return argv + [target]
     if kind == "nginx":
-        conf = write_nginx_conf(port, tmp, access_log)
+        conf = write_nginx_conf(port, tmp, access_log, tls)
         return [find_nginx(), "-p", tmp + "/", "-c", conf,
                 "-e", os.path.join(tmp, "nginx-error.log")]
     raise ValueError(variant)
 
 
-def write_nginx_conf(port, tmp, access_log=None):
+def write_nginx_conf(port, tmp, access_log=None, tls=False):
     with open(NGINX_TEMPLATE) as f:
         text = f.read()
     directive = ("access_log %s combined;" % access_log) if access_log else "access_log off;"
-    text = (text.replace("@PORT@", str(port)).replace("@TMP@", tmp)
+    ssl = ""
+    if tls:
+        ssl = ("listen 127.0.0.1:%d ssl backlog=4096;\n        ssl_certificate %s;\n"
+               "        ssl_certificate_key %s;\n        ssl_protocols TLSv1.2 TLSv1.3;"
+               % (port, TLS_FILES["cert"], TLS_FILES["key"]))
+        text = text.replace("listen 127.0.0.1:@PORT@ backlog=4096;", "@SSL@")
+    text = (text.replace("@SSL@", ssl).replace("@PORT@", str(port)).replace("@TMP@", tmp)
             .replace("@DATA@", tmp).replace("@ACCESS_LOG@", directive))
     path = os.path.join(tmp, "nginx.conf")
     with open(path, "w") as f:
@@ -718,8 +748,30 @@ class NotAvailable(Exception):
     """The variant's configuration does not exist in the server tried."""
 
 
-def http_get(port, method, path, body=None, timeout=15):
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+# The run's certificate: {"cert": PATH, "key": PATH}, filled by make_cert().
+TLS_FILES = {}
+
+
+def make_cert(tmp):
+    """A self-signed EC P-256 certificate for 127.0.0.1 and localhost, made
+    once per run with the openssl CLI in the run's scratch directory."""
+    cert, key = os.path.join(tmp, "tls-cert.pem"), os.path.join(tmp, "tls-key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec",
+                    "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    TLS_FILES.update(cert=cert, key=key)
+
+
+def http_get(port, method, path, body=None, timeout=15, tls=False):
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(HOST, port, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         headers = {"Content-Type": "application/octet-stream"} if body else {}
         conn.request(method, path, body=body, headers=headers)
@@ -729,7 +781,7 @@ def http_get(port, method, path, body=None, timeout=15):
         conn.close()
 
 
-def wait_ready(proc, port, logpath, timeout=30.0):
+def wait_ready(proc, port, logpath, timeout=30.0, tls=False):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -742,7 +794,7 @@ def wait_ready(proc, port, logpath, timeout=30.0):
         try:
             with socket.create_connection((HOST, port), timeout=1):
                 pass
-            status, body = http_get(port, "GET", "/hello", timeout=5)
+            status, body = http_get(port, "GET", "/hello", timeout=5, tls=tls)
             if status == 200 and body == HELLO:
                 return
             last = "GET /hello -> %s %r" % (status, body[:60])
@@ -756,10 +808,11 @@ def check_endpoint(port, scenario):
     """One request to verify the endpoint works before loading it."""
     sc = SCENARIOS[scenario]
     if sc.get("lua") == "post":
-        status, body = http_get(port, "POST", "/post", body=b"a" * POST_SIZE)
+        status, body = http_get(port, "POST", "/post", body=b"a" * POST_SIZE,
+                                tls=sc.get("tls"))
         ok = status == 200 and body.strip() == str(POST_SIZE).encode()
     else:
-        status, body = http_get(port, "GET", sc["path"])
+        status, body = http_get(port, "GET", sc["path"], tls=sc.get("tls"))
         ok = status == 200 and sc["check"](body)
     if not ok:
         raise ServerFailed("sanity check of %s failed: %s, %d bytes %r"
@@ -814,14 +867,14 @@ def parse_wrk(out):
     return res
 
 
-def wrk_argv(port, path, conns, threads, duration, headers=(), lua=None):
+def wrk_argv(port, path, conns, threads, duration, headers=(), lua=None, tls=False):
     argv = ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration,
             "--latency", "--timeout", "5s"]
     for h in headers:
         argv += ["-H", h]
     if lua:
         argv += ["-s", lua]
-    return argv + ["http://%s:%d%s" % (HOST, port, path)]
+    return argv + ["%s://%s:%d%s" % ("https" if tls else "http", HOST, port, path)]
 
 
 def run_wrk_procs(argvs, delays, timeout, cpu_pid=None):
@@ -1195,6 +1248,8 @@ def unavailable_reason(variant, scenario, probes):
         return "nginx serves static answers only; no WSGI application to run here"
     if spec["server"] == "waitress" and sc.get("access_log"):
         return "waitress has no access log"
+    if spec["server"] == "waitress" and sc.get("tls"):
+        return "waitress has no TLS"
     for module in sc.get("needs", ()):
         if spec["server"] == "rswaitress":
             python = spec.get("python") or sys.executable
@@ -1222,7 +1277,7 @@ def bench_one(variant, scenario, args, tmp, rawdir, probes):
     argv = server_command(variant, port, scenario, tmp, access and access.path)
     lua = os.path.join(tmp, "post.lua") if sc.get("lua") == "post" else None
     main_argv = wrk_argv(port, sc["path"], sc["conns"], sc["threads"],
-                         args.duration, sc.get("headers", ()), lua)
+                         args.duration, sc.get("headers", ()), lua, sc.get("tls"))
     entry["wrk"] = " ".join(shlex.quote(a) for a in main_argv)
     pool = IdlePool()
     proc = None
@@ -1230,14 +1285,15 @@ def bench_one(variant, scenario, args, tmp, rawdir, probes):
     try:
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
                                 env=server_env(tmp), cwd=BENCH_DIR, start_new_session=True)
-        wait_ready(proc, port, logpath)
+        wait_ready(proc, port, logpath, tls=sc.get("tls"))
         check_endpoint(port, scenario)
         if access and access.settle() == 0:
             raise ServerFailed("no access log line in %s after the probe requests: %s"
                                % (access.path, tail(logpath)))
         if args.warmup > 0:
             run_wrk_procs([wrk_argv(port, sc["path"], sc["conns"], sc["threads"],
-                                    args.warmup, sc.get("headers", ()), lua)],
+                                    args.warmup, sc.get("headers", ()), lua,
+                                    sc.get("tls"))],
                           [0], args.warmup + 30)
         if access:
             access.settle()  # the probes' and the warm-up's lines, then a clean file
@@ -1842,7 +1898,8 @@ def default_variants(scenario):
     sc = SCENARIOS[scenario]
     return ordered([v for v, spec in VARIANTS.items()
                     if (spec.get("only") is None or scenario in spec["only"])
-                    and (spec["server"] != "nginx" or sc.get("nginx"))])
+                    and (spec["server"] != "nginx" or sc.get("nginx"))
+                    and not (spec["server"] == "waitress" and sc.get("tls"))])
 
 
 def build_plan(scenarios, explicit):
@@ -2007,6 +2064,8 @@ def main(argv=None):
     t_start = time.monotonic()
     try:
         prepare_data(tmp)
+        if any(SCENARIOS[sc].get("tls") for sc in scenarios):
+            make_cert(tmp)
         if "django-orm" in scenarios and importlib.util.find_spec("django") is not None:
             failure = seed_django(tmp)
             if failure:
