@@ -47,8 +47,25 @@ pub struct ClientCert {
     pub pem: String,
 }
 
+/// ring's suites, AES-128-GCM first: its SHA-256 key schedule costs about half of
+/// AES-256-GCM's SHA-384 one in a handshake (SHA-256 has instructions of its own on
+/// current x86 and ARM processors), and its records take 10 AES rounds instead of 14.
+/// The server's order decides (`ignore_client_order`): clients list AES-256 first.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite as suite;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![
+        suite::TLS13_AES_128_GCM_SHA256,
+        suite::TLS13_AES_256_GCM_SHA384,
+        suite::TLS13_CHACHA20_POLY1305_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(provider)
 }
 
 fn read_file(path: &str, what: &str) -> Result<Vec<u8>, String> {
@@ -136,6 +153,7 @@ pub fn load(s: &Settings) -> Result<Arc<ServerConfig>, String> {
         e => format!("ssl_certfile {:?} / ssl_keyfile {keyfile:?}: {e}", s.certfile),
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
