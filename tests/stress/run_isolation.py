@@ -55,6 +55,10 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import stresslib as L  # noqa: E402
+
 APP = os.path.join(HERE, "isolation_app.py")
 HOST = "127.0.0.1"
 HELLO = b"Hello, World!"
@@ -820,18 +824,6 @@ def table(rows):
     return "\n".join([line(head), line(["-" * x for x in w])] + [line(r) for r in body])
 
 
-def _git_rev():
-    try:
-        rev = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", HERE, "status", "--porcelain", "--", "src",
-                                "python"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return rev + (" (src/ or python/ modified)" if dirty else "")
-    except Exception:
-        return "?"
-
-
 def _cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -1028,7 +1020,7 @@ def main(argv=None):
         "command": shlex.join(["python", "tests/stress/run_isolation.py"]
                               + list(argv if argv is not None else sys.argv[1:])),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "rev": _git_rev(),
+        "rev": L.git_rev(),
         "machine": f"{_cpu_model()}, {os.cpu_count()} cores, {platform.system()} "
                    f"{platform.release()}",
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),

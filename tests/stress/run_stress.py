@@ -219,18 +219,6 @@ def abort_phase(srv, aborts, batch, log):
 # --------------------------------------------------------------------------
 
 
-def _git_rev():
-    try:
-        rev = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", HERE, "status", "--porcelain", "--", "src",
-                                "python"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return rev + (" (src/ or python/ modified)" if dirty else "")
-    except Exception:
-        return "?"
-
-
 def checks(rss, ab):
     """[(name, figure, target, ok)]"""
     c = []
@@ -388,7 +376,7 @@ def main(argv=None):
         "command": " ".join(["python tests/stress/run_stress.py"]
                             + list(argv if argv is not None else sys.argv[1:])),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "rev": _git_rev(),
+        "rev": L.git_rev(),
         "machine": f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
                    f"Python {platform.python_version()}",
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),

@@ -100,6 +100,19 @@ class ServerProcess:
         self.stop()
 
 
+def git_rev():
+    """The checkout's short commit, marked when src/ or python/ have changes."""
+    try:
+        rev = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", HERE, "status", "--porcelain", "--", "src",
+                                "python"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return rev + (" (src/ or python/ modified)" if dirty else "")
+    except Exception:
+        return "?"
+
+
 # --------------------------------------------------------------------------
 # /proc readings
 # --------------------------------------------------------------------------
