@@ -105,8 +105,8 @@ def git_rev():
     try:
         rev = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", HERE, "status", "--porcelain", "--", "src",
-                                "python"], capture_output=True, text=True,
+        dirty = subprocess.run(["git", "-C", HERE, "status", "--porcelain", "--", ":(top)src",
+                                ":(top)python"], capture_output=True, text=True,
                                timeout=10).stdout.strip()
         return rev + (" (src/ or python/ modified)" if dirty else "")
     except Exception:
