@@ -116,21 +116,21 @@ def test_client_bytes_are_escaped(make_server, access):
     assert line == '"GET /q\\"uote\\\\ HTTP/1.1" "evil\\" 200 \\"fake" caf\\xc3\\xa9'
 
 
-def test_exact_line_count_under_concurrent_load(make_server, access):
-    srv = make_server(apps.hello, access_log=True, access_log_format="%(U)s %(s)s", threads=4)
-    clients, per_client = 8, 250
+def _concurrent_gets(addr, clients, per_client, path):
+    """`clients` threads, each sending `per_client` GETs of path(i, n) on one keep-alive
+    connection and expecting 200; returns what went wrong."""
     errors = []
 
     def client(i):
         try:
-            conn = http.client.HTTPConnection(*srv.addr, timeout=WAIT)
+            conn = http.client.HTTPConnection(*addr, timeout=WAIT)
             for n in range(per_client):
-                conn.request("GET", f"/c{i}/r{n}")
+                conn.request("GET", path(i, n))
                 r = conn.getresponse()
                 r.read()
                 assert r.status == 200
             conn.close()
-        except Exception as e:  # reported below
+        except Exception as e:  # returned to the test
             errors.append(e)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -138,7 +138,13 @@ def test_exact_line_count_under_concurrent_load(make_server, access):
         t.start()
     for t in threads:
         t.join(WAIT)
-    assert not errors
+    return errors
+
+
+def test_exact_line_count_under_concurrent_load(make_server, access):
+    srv = make_server(apps.hello, access_log=True, access_log_format="%(U)s %(s)s", threads=4)
+    clients, per_client = 8, 250
+    assert not _concurrent_gets(srv.addr, clients, per_client, lambda i, n: f"/c{i}/r{n}")
     lines = access.lines(clients * per_client)
     assert len(lines) == clients * per_client
     # Complete, never interleaved: every line is exactly one request's.
@@ -295,25 +301,8 @@ def test_workers_share_one_stream_without_mixing_lines():
         for _ in range(2):
             child.stderr.wait_for(lambda line: "is serving" in line)
         clients, per_client = 6, 200
-        errors = []
-
-        def client(i):
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
-                for n in range(per_client):
-                    conn.request("GET", f"/c{i}/{n}")
-                    r = conn.getresponse()
-                    r.read()
-                conn.close()
-            except Exception as e:  # reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(WAIT)
-        assert not errors
+        assert not _concurrent_gets(("127.0.0.1", port), clients, per_client,
+                                    lambda i, n: f"/c{i}/{n}")
         child.proc.terminate()
         assert child.proc.wait(WAIT) == 0
         out = child.stderr.rest().decode().splitlines() + child.stderr.seen
