@@ -50,17 +50,7 @@ def test_aborted_connections_leave_no_fds_or_threads():
 @pytest.mark.skipif(not os.environ.get("RSWAITRESS_STRESS"), reason="set RSWAITRESS_STRESS=1")
 @pytest.mark.timeout(100)
 def test_run_stress_quick(tmp_path):
-    out = tmp_path / "results.md"
-    try:
-        p = subprocess.run(
-            [sys.executable, os.path.join(HERE, "run_stress.py"), "--quick",
-             "--out", str(out)],
-            capture_output=True, text=True, timeout=90,
-        )
-    except subprocess.TimeoutExpired as e:  # run() has killed it
-        pytest.fail(f"run_stress.py --quick took over 90 s:\n{e.stdout}")
-    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
-    assert "ALL TARGETS MET" in p.stdout
+    _run_quick("run_stress.py", tmp_path / "results.md", 90)
 
 
 @pytest.mark.skipif(not os.environ.get("RSWAITRESS_STRESS"), reason="set RSWAITRESS_STRESS=1")
@@ -68,14 +58,17 @@ def test_run_stress_quick(tmp_path):
                     reason="ctypes.PyDLL(None), pass_fds and /proc/net/tcp")
 @pytest.mark.timeout(150)
 def test_run_isolation_quick(tmp_path):
-    out = tmp_path / "results-isolation.md"
+    _run_quick("run_isolation.py", tmp_path / "results-isolation.md", 140)
+
+
+def _run_quick(script, out, timeout):
+    """Runs `script --quick`, which must exit 0 and report every target met."""
     try:
         p = subprocess.run(
-            [sys.executable, os.path.join(HERE, "run_isolation.py"), "--quick",
-             "--out", str(out)],
-            capture_output=True, text=True, timeout=140,
+            [sys.executable, os.path.join(HERE, script), "--quick", "--out", str(out)],
+            capture_output=True, text=True, timeout=timeout,
         )
     except subprocess.TimeoutExpired as e:  # run() has killed it
-        pytest.fail(f"run_isolation.py --quick took over 140 s:\n{e.stdout}")
+        pytest.fail(f"{script} --quick took over {timeout} s:\n{e.stdout}")
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
     assert "ALL TARGETS MET" in p.stdout
