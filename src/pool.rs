@@ -4,7 +4,9 @@
 //! holding the GIL. Another thread is woken only when no pool thread is serving, or when
 //! the threads that are serving are all stuck: no request taken or finished for
 //! [`WAKE_AFTER`], and (where the OS tells a thread's CPU time) none of them running or
-//! waiting for a CPU.
+//! waiting for a CPU. A request queued while every serving thread has been on its
+//! request for WAKE_AFTER and none of them is running (asleep, waiting on I/O: the OS
+//! tells a thread's state) wakes an idle thread at once, with no stall check to wait for.
 //! So an application whose requests hold the GIL is served by one thread at a time, as
 //! with threads=1 (threads that wake only to wait for the GIL cost hand-offs and context
 //! switches), while a request that sleeps or waits on I/O holds the others back for no
@@ -39,6 +41,9 @@ pub struct Slot {
     cpu: ThreadCpu,
     /// CPU time (ns) the thread had at the stall check's last reading.
     last_cpu: AtomicU64,
+    /// When (ns since the pool's epoch) the thread last took or finished a request, or
+    /// was woken.
+    since: AtomicU64,
 }
 
 pub struct Pool<T> {
@@ -133,12 +138,40 @@ impl<T> Pool<T> {
         self.serving.load(Ordering::Relaxed)
     }
 
-    /// Queues a request and wakes a thread for it if none is serving.
+    /// Queues a request and wakes a thread for it if none is serving, or if the ones
+    /// serving are all blocked (see `all_blocked`).
     pub fn push(&self, task: T) {
         let _ = self.tx.send(Some(task));
-        if self.serving.load(Ordering::SeqCst) == 0 || !self.gil.load(Ordering::Relaxed) {
+        if self.serving.load(Ordering::SeqCst) == 0
+            || !self.gil.load(Ordering::Relaxed)
+            || (self.idle() > 0 && self.all_blocked())
+        {
             self.wake_one();
         }
+    }
+
+    /// Whether every serving thread has been on its request for at least WAKE_AFTER and
+    /// none of them is running or waiting for a CPU: they sleep or wait on I/O (or for
+    /// the GIL, which then no running thread holds), and the request just queued would
+    /// otherwise wait for the stall check. False where the OS does not tell a thread's
+    /// state. A thread that took or finished a request within WAKE_AFTER is taken to
+    /// be going on to the next one (no system call then: the common case under load).
+    fn all_blocked(&self) -> bool {
+        let now = self.now_ns();
+        let wake_after = WAKE_AFTER.as_nanos() as u64;
+        let slots = self.slots.lock();
+        let serving = || slots.iter().filter(|s| s.serving.load(Ordering::Relaxed));
+        if serving().any(|s| now.saturating_sub(s.since.load(Ordering::Relaxed)) < wake_after) {
+            return false;
+        }
+        let mut any = false;
+        for slot in serving() {
+            match slot.cpu.running() {
+                Some(false) => any = true,
+                Some(true) | None => return false,
+            }
+        }
+        any
     }
 
     /// Tells `count` threads to return once the requests before are served.
@@ -165,6 +198,7 @@ impl<T> Pool<T> {
             Some(slot) => {
                 // Serving from now on: until it runs, further requests must not wake
                 // yet another thread for the same work.
+                slot.since.store(self.now_ns(), Ordering::Relaxed);
                 if !slot.serving.swap(true, Ordering::SeqCst) {
                     self.serving.fetch_add(1, Ordering::SeqCst);
                 }
@@ -260,6 +294,7 @@ impl<T> Pool<T> {
             serving: AtomicBool::new(true),
             cpu: ThreadCpu::current(),
             last_cpu: AtomicU64::new(0),
+            since: AtomicU64::new(self.now_ns()),
         });
         self.serving.fetch_add(1, Ordering::SeqCst);
         self.slots.lock().push(slot.clone());
@@ -280,11 +315,13 @@ impl<T> Pool<T> {
         }
     }
 
-    /// The next request for a serving thread, if one waits.
-    pub fn take(&self) -> Take<T> {
+    /// The next request for the serving thread `slot`, if one waits.
+    pub fn take(&self, slot: &Slot) -> Take<T> {
         match self.rx.try_recv() {
             Ok(Some(task)) => {
-                self.progress.store(self.now_ns(), Ordering::SeqCst);
+                let now = self.now_ns();
+                slot.since.store(now, Ordering::Relaxed);
+                self.progress.store(now, Ordering::SeqCst);
                 Take::Task(task)
             }
             Ok(None) => Take::Stop,
@@ -293,9 +330,11 @@ impl<T> Pool<T> {
         }
     }
 
-    /// A response is complete (progress, for the stall check).
-    pub fn finished(&self) {
-        self.progress.store(self.now_ns(), Ordering::SeqCst);
+    /// `slot`'s thread completed a response (progress, for the stall check).
+    pub fn finished(&self, slot: &Slot) {
+        let now = self.now_ns();
+        slot.since.store(now, Ordering::Relaxed);
+        self.progress.store(now, Ordering::SeqCst);
     }
 
     /// The calling thread found nothing to do: it goes idle and waits to be woken
@@ -312,7 +351,7 @@ impl<T> Pool<T> {
         }
         // A request queued between the caller's take() and the line above saw this thread
         // still serving and woke nobody: look again before sleeping.
-        let found = self.take();
+        let found = self.take(slot);
         if !matches!(found, Take::Empty) {
             self.leave_idle(slot);
             return found;
@@ -325,7 +364,7 @@ impl<T> Pool<T> {
             *woken = false;
         });
         self.leave_idle(slot);
-        self.take()
+        self.take(slot)
     }
 
     fn leave_idle(&self, slot: &Arc<Slot>) {
@@ -353,6 +392,9 @@ struct ThreadCpu {
     schedstat: Option<String>,
     #[cfg(target_os = "linux")]
     clock: Option<libc::clockid_t>,
+    /// /proc/self/task/TID/stat, whose third field is the thread's state.
+    #[cfg(target_os = "linux")]
+    stat: String,
 }
 
 impl ThreadCpu {
@@ -361,11 +403,12 @@ impl ThreadCpu {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         let schedstat = Some(format!("/proc/self/task/{tid}/schedstat"));
+        let stat = format!("/proc/self/task/{tid}/stat");
         let mut clock: libc::clockid_t = 0;
         // SAFETY: pthread_self() is the calling thread, alive for the call; `clock` is a
         // valid place for the result.
         let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
-        let cpu = ThreadCpu { schedstat, clock: (rc == 0).then_some(clock) };
+        let cpu = ThreadCpu { schedstat, clock: (rc == 0).then_some(clock), stat };
         if cpu.read_schedstat().is_some() {
             cpu
         } else {
@@ -412,6 +455,25 @@ impl ThreadCpu {
     fn now(&self) -> Option<u64> {
         None
     }
+
+    /// Whether the thread is running or waiting for a CPU (state R), where the OS tells.
+    #[cfg(target_os = "linux")]
+    fn running(&self) -> Option<bool> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&self.stat).ok()?;
+        let mut buf = [0u8; 512];
+        let n = file.read(&mut buf).ok()?;
+        // "TID (name) S ...": the name may hold spaces and parentheses, the state
+        // follows the last ')'.
+        let rest = &buf[buf[..n].iter().rposition(|&b| b == b')')? + 1..n];
+        let state = *rest.iter().find(|b| !b.is_ascii_whitespace())?;
+        Some(state == b'R')
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn running(&self) -> Option<bool> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -431,7 +493,7 @@ mod tests {
         std::thread::spawn(move || {
             let slot = pool.register();
             loop {
-                let t = match pool.take() {
+                let t = match pool.take(&slot) {
                     Take::Task(t) => t,
                     Take::Stop => break,
                     Take::Empty => match pool.idle_wait(&slot, |wait| wait()) {
@@ -448,7 +510,7 @@ mod tests {
                         cv.wait(&mut go);
                     }
                 }
-                pool.finished();
+                pool.finished(&slot);
             }
             pool.unregister(&slot);
         })
@@ -513,6 +575,82 @@ mod tests {
         let (lock, cv) = &*release;
         *lock.lock() = true;
         cv.notify_all();
+        pool.stop(2);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    /// A request queued while the only serving thread sleeps in its request wakes an
+    /// idle thread at once: no stall check runs in this test.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_request_queued_beside_a_sleeping_thread_wakes_another() {
+        let pool = Arc::new(Pool::<u32>::new());
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let threads: Vec<_> = (0..2).map(|i| thread(&pool, &served, i, Some(0), release.clone())).collect();
+        wait_for(|| pool.idle() == 2);
+        pool.push(0); // sleeps on a condvar in the thread that takes it
+        wait_for(|| served.lock().len() == 1);
+        std::thread::sleep(WAKE_AFTER * 5);
+        pool.push(1);
+        wait_for(|| served.lock().len() == 2);
+        let got = served.lock().clone();
+        assert_ne!(got[0].0, got[1].0, "{got:?}");
+        let (lock, cv) = &*release;
+        *lock.lock() = true;
+        cv.notify_all();
+        pool.stop(2);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    /// ...while one queued beside a thread that runs (a request holding the GIL, here a
+    /// spin) waits for that thread: waking another would only make it wait for the GIL.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_request_queued_beside_a_running_thread_waits_for_it() {
+        let pool = Arc::new(Pool::<u32>::new());
+        let spin = Arc::new(AtomicBool::new(true));
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = (0..2)
+            .map(|id| {
+                let (pool, spin, served) = (pool.clone(), spin.clone(), served.clone());
+                std::thread::spawn(move || {
+                    let slot = pool.register();
+                    loop {
+                        let t = match pool.take(&slot) {
+                            Take::Task(t) => t,
+                            Take::Stop => break,
+                            Take::Empty => match pool.idle_wait(&slot, |wait| wait()) {
+                                Take::Task(t) => t,
+                                Take::Stop => break,
+                                Take::Empty => continue,
+                            },
+                        };
+                        served.lock().push((id, t));
+                        while t == 0 && spin.load(Ordering::Relaxed) {
+                            std::hint::spin_loop();
+                        }
+                        pool.finished(&slot);
+                    }
+                    pool.unregister(&slot);
+                })
+            })
+            .collect();
+        wait_for(|| pool.idle() == 2);
+        pool.push(0);
+        wait_for(|| served.lock().len() == 1);
+        std::thread::sleep(WAKE_AFTER * 5);
+        pool.push(1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(served.lock().len(), 1, "another thread was woken beside a running one");
+        spin.store(false, Ordering::Relaxed);
+        wait_for(|| served.lock().len() == 2);
+        let got = served.lock().clone();
+        assert_eq!(got[0].0, got[1].0, "{got:?}");
         pool.stop(2);
         for t in threads {
             t.join().unwrap();

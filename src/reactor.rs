@@ -843,7 +843,7 @@ mod tests {
                 let mut outcomes = Vec::new();
                 let slot = shared.pool.register();
                 while outcomes.len() < n {
-                    let task = match shared.pool.take() {
+                    let task = match shared.pool.take(&slot) {
                         crate::pool::Take::Task(task) => task,
                         crate::pool::Take::Stop => break,
                         crate::pool::Take::Empty => match shared.pool.idle_wait(&slot, |wait| wait()) {

@@ -66,7 +66,7 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
     loop {
         // Under load the next request is usually queued already: take it while still
         // holding the GIL. The GIL is released only to wait (see pool.rs for who wakes).
-        let task = match pool.take() {
+        let task = match pool.take(&slot) {
             Take::Task(task) => task,
             Take::Stop => break,
             Take::Empty => {
@@ -95,7 +95,7 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
                     true
                 }
             };
-            pool.finished();
+            pool.finished(&slot);
             next = finish(shared, &conn, close);
         }
         if logging::due() {
