@@ -3,14 +3,20 @@
 //! A pool thread that finishes a response takes the next queued request itself, still
 //! holding the GIL. Another thread is woken only when no pool thread is serving, or when
 //! the threads that are serving are all stuck: no request taken or finished for
-//! [`WAKE_AFTER`], and (where the OS tells a thread's CPU time) none of them running or
-//! waiting for a CPU. A request queued while every serving thread has been on its
+//! [`WAKE_AFTER`], and (where the OS tells a thread's CPU time) together running or
+//! waiting for a CPU less than half the time since. A request queued while every serving thread has been on its
 //! request for WAKE_AFTER and none of them is running (asleep, waiting on I/O: the OS
 //! tells a thread's state) wakes an idle thread at once, with no stall check to wait for.
 //! So an application whose requests hold the GIL is served by one thread at a time, as
 //! with threads=1 (threads that wake only to wait for the GIL cost hand-offs and context
 //! switches), while a request that sleeps or waits on I/O holds the others back for no
 //! longer than WAKE_AFTER. Idle threads are woken most recently idle first (warm caches).
+//! Threads that came to serve beside others step back when they are not needed: a
+//! thread that spent more than a third of its last [`JUDGE_WINDOW`] of serving neither
+//! running nor waiting for a CPU, while another serving thread runs (it waited for the
+//! GIL that one holds), goes idle after its response instead of taking the next
+//! request, unless it is the last thread serving; so a burst of blocking that woke
+//! threads does not leave them all fighting for the GIL once it is over.
 //! Without a GIL (free-threaded CPython) threads do run at once: every queued request
 //! wakes an idle thread.
 
@@ -24,6 +30,11 @@ use parking_lot::{Condvar, Mutex};
 /// How long queued requests wait, with no request taken or finished meanwhile, before
 /// another pool thread is woken for them.
 pub const WAKE_AFTER: Duration = Duration::from_micros(200);
+/// How much serving time a thread beside others is judged over (see the module doc);
+/// one reading of its CPU time per window, only while more than one thread serves.
+const JUDGE_WINDOW: Duration = Duration::from_millis(1);
+/// No reading yet in `Slot::window_cpu`.
+const UNKNOWN: u64 = u64::MAX;
 /// The stall check runs every WAKE_AFTER after a stall, and backs off (doubling) while
 /// the threads serving keep making progress, to this: a busy server that never blocks is
 /// not woken thousands of times a second to find that out...
@@ -44,6 +55,15 @@ pub struct Slot {
     /// When (ns since the pool's epoch) the thread last took or finished a request, or
     /// was woken.
     since: AtomicU64,
+    /// Start (ns since the epoch) and the thread's running-or-runnable time at the start
+    /// (UNKNOWN: none yet) of its current judge window.
+    window_start: AtomicU64,
+    window_cpu: AtomicU64,
+    /// Set when the thread is to step back: its next take finds nothing.
+    step_back: AtomicBool,
+    /// The thread stepped back (serving already counted down): going idle, it does not
+    /// look for a request again.
+    stepped_back: AtomicBool,
 }
 
 pub struct Pool<T> {
@@ -71,9 +91,9 @@ pub struct Pool<T> {
 enum Probe {
     /// First reading of a stall: nothing to compare yet.
     Started,
-    /// One of them is running.
+    /// They are running (together, at least half the time since the last reading).
     Running,
-    /// None of them ran for half the time since the last reading.
+    /// They ran for less than half the time since the last reading.
     Stuck,
     /// The OS does not tell.
     Unknown,
@@ -212,8 +232,8 @@ impl<T> Pool<T> {
 
     /// The stall check, run by the reactor: when requests wait and threads are idle but
     /// nothing has been taken or finished for WAKE_AFTER, and no serving thread is
-    /// running (judged over a second WAKE_AFTER from each one's CPU time, where the OS
-    /// tells it), one more thread is woken. Returns when to check again (None: nothing
+    /// running (judged over a second WAKE_AFTER from their CPU times, where the OS
+    /// tells them), one more thread is woken. Returns when to check again (None: nothing
     /// waits for a thread, or none is idle). Cheap until a stall begins: no system call.
     pub fn check(&self) -> Option<Instant> {
         if self.rx.is_empty() || self.idle() == 0 {
@@ -264,25 +284,32 @@ impl<T> Pool<T> {
     }
 
     /// Reads each serving thread's running-or-runnable time. With `compare`, says whether
-    /// one ran (or waited for a CPU) at least half of the `window` ns since the previous
-    /// reading.
+    /// they ran (or waited for a CPU), together, at least half of the `window` ns since
+    /// the previous reading: threads taking turns at the GIL run one at a time, each for
+    /// a part of the window, and one more thread would only join the turns.
     fn snapshot_cpu(&self, compare: bool, window: u64) -> Probe {
         let slots = self.slots.lock();
         let mut any_clock = false;
-        let mut running = false;
+        let mut ran = 0u64;
         for slot in slots.iter().filter(|s| s.serving.load(Ordering::Relaxed)) {
             let Some(cpu) = slot.cpu.now() else { continue };
             any_clock = true;
             let before = slot.last_cpu.swap(cpu, Ordering::Relaxed);
-            if compare && window > 0 && cpu.saturating_sub(before) * 2 >= window {
-                running = true;
-            }
+            ran = ran.saturating_add(cpu.saturating_sub(before));
         }
-        match (any_clock, compare, running) {
-            (false, _, _) => Probe::Unknown,
-            (true, false, _) => Probe::Started,
-            (true, true, true) => Probe::Running,
-            (true, true, false) => Probe::Stuck,
+        match (any_clock, compare) {
+            (false, _) => Probe::Unknown,
+            (true, false) => Probe::Started,
+            (true, true) if window > 0 && ran.saturating_mul(2) >= window => Probe::Running,
+            // Waiting for a CPU right now (the wait is counted only once it ends).
+            (true, true)
+                if slots
+                    .iter()
+                    .any(|s| s.serving.load(Ordering::Relaxed) && s.cpu.running() == Some(true)) =>
+            {
+                Probe::Running
+            }
+            (true, true) => Probe::Stuck,
         }
     }
 
@@ -295,6 +322,10 @@ impl<T> Pool<T> {
             cpu: ThreadCpu::current(),
             last_cpu: AtomicU64::new(0),
             since: AtomicU64::new(self.now_ns()),
+            window_start: AtomicU64::new(0),
+            window_cpu: AtomicU64::new(UNKNOWN),
+            step_back: AtomicBool::new(false),
+            stepped_back: AtomicBool::new(false),
         });
         self.serving.fetch_add(1, Ordering::SeqCst);
         self.slots.lock().push(slot.clone());
@@ -315,8 +346,12 @@ impl<T> Pool<T> {
         }
     }
 
-    /// The next request for the serving thread `slot`, if one waits.
+    /// The next request for the serving thread `slot`, if one waits (Empty when the
+    /// thread is to step back, see the module doc).
     pub fn take(&self, slot: &Slot) -> Take<T> {
+        if slot.step_back.swap(false, Ordering::Relaxed) && self.try_step_back(slot) {
+            return Take::Empty;
+        }
         match self.rx.try_recv() {
             Ok(Some(task)) => {
                 let now = self.now_ns();
@@ -330,11 +365,57 @@ impl<T> Pool<T> {
         }
     }
 
-    /// `slot`'s thread completed a response (progress, for the stall check).
+    /// `slot`'s thread completed a response (progress, for the stall check); where more
+    /// than one thread serves, judges whether this one is needed (see the module doc).
     pub fn finished(&self, slot: &Slot) {
         let now = self.now_ns();
         slot.since.store(now, Ordering::Relaxed);
         self.progress.store(now, Ordering::SeqCst);
+        if !self.gil.load(Ordering::Relaxed) || self.serving.load(Ordering::Relaxed) <= 1 {
+            slot.window_cpu.store(UNKNOWN, Ordering::Relaxed);
+            return;
+        }
+        let start = slot.window_cpu.load(Ordering::Relaxed);
+        let started = slot.window_start.load(Ordering::Relaxed);
+        if start != UNKNOWN && now.saturating_sub(started) < JUDGE_WINDOW.as_nanos() as u64 {
+            return;
+        }
+        let Some(cpu) = slot.cpu.now() else { return };
+        slot.window_cpu.store(cpu, Ordering::Relaxed);
+        slot.window_start.store(now, Ordering::Relaxed);
+        if start == UNKNOWN {
+            return;
+        }
+        let wall = now.saturating_sub(started);
+        if cpu.saturating_sub(start) * 3 < wall * 2 && self.another_runs(slot) {
+            slot.step_back.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `slot`'s thread is to step back after this response (see the module doc).
+    pub fn stepping_back(&self, slot: &Slot) -> bool {
+        slot.step_back.load(Ordering::Relaxed)
+    }
+
+    /// Whether a serving thread other than `slot` is running or waiting for a CPU.
+    fn another_runs(&self, slot: &Slot) -> bool {
+        let slots = self.slots.lock();
+        slots
+            .iter()
+            .filter(|s| !std::ptr::eq(&***s, slot) && s.serving.load(Ordering::Relaxed))
+            .any(|s| s.cpu.running() == Some(true))
+    }
+
+    /// Stops counting `slot` as serving unless it is the last serving thread; whether it
+    /// did.
+    fn try_step_back(&self, slot: &Slot) -> bool {
+        let counted_down =
+            self.serving.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > 1).then(|| n - 1)).is_ok();
+        if counted_down {
+            slot.serving.store(false, Ordering::SeqCst);
+            slot.stepped_back.store(true, Ordering::Relaxed);
+        }
+        counted_down
     }
 
     /// The calling thread found nothing to do: it goes idle and waits to be woken
@@ -350,11 +431,14 @@ impl<T> Pool<T> {
             self.serving.fetch_sub(1, Ordering::SeqCst);
         }
         // A request queued between the caller's take() and the line above saw this thread
-        // still serving and woke nobody: look again before sleeping.
-        let found = self.take(slot);
-        if !matches!(found, Take::Empty) {
-            self.leave_idle(slot);
-            return found;
+        // still serving and woke nobody: look again before sleeping. (A thread that
+        // stepped back was counted down while another serves: that one takes it.)
+        if !slot.stepped_back.swap(false, Ordering::Relaxed) {
+            let found = self.take(slot);
+            if !matches!(found, Take::Empty) {
+                self.leave_idle(slot);
+                return found;
+            }
         }
         wait(&|| {
             let mut woken = slot.woken.lock();
@@ -377,6 +461,8 @@ impl<T> Pool<T> {
             }
         }
         *slot.woken.lock() = false;
+        // Time idle is not judged.
+        slot.window_cpu.store(UNKNOWN, Ordering::Relaxed);
         if !slot.serving.swap(true, Ordering::SeqCst) {
             self.serving.fetch_add(1, Ordering::SeqCst);
         }
@@ -387,7 +473,8 @@ impl<T> Pool<T> {
 struct ThreadCpu {
     /// This thread's /proc/self/task/TID/schedstat: its first two fields are the time the
     /// thread has run and the time it has waited, runnable, for a CPU. Opened for each
-    /// reading (only while requests wait), so that no descriptor is held for it.
+    /// reading (during stalls, and once per JUDGE_WINDOW while more than one thread
+    /// serves), so that no descriptor is held for it.
     #[cfg(target_os = "linux")]
     schedstat: Option<String>,
     #[cfg(target_os = "linux")]
@@ -436,7 +523,8 @@ impl ThreadCpu {
     /// Time (ns) the thread has been running or runnable, where the OS tells: a thread
     /// that is only waiting for a CPU (preempted on a busy machine) is not stuck, and
     /// another thread woken for its requests would compete for the same CPU and GIL.
-    /// Without schedstat, the CPU time alone.
+    /// (schedstat counts a wait for a CPU once it ends: one going on shows as state R,
+    /// see `running`.) Without schedstat, the CPU time alone.
     #[cfg(target_os = "linux")]
     fn now(&self) -> Option<u64> {
         if self.schedstat.is_some() {
@@ -607,17 +695,125 @@ mod tests {
         }
     }
 
+    /// A pool thread whose request 0 spins (holding a CPU, as a request holding the GIL
+    /// does) until `spin` is cleared.
+    fn spinner(
+        pool: &Arc<Pool<u32>>,
+        served: &Arc<Mutex<Vec<(usize, u32)>>>,
+        id: usize,
+        spin: &Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        let (pool, spin, served) = (pool.clone(), spin.clone(), served.clone());
+        std::thread::spawn(move || {
+            let slot = pool.register();
+            loop {
+                let t = match pool.take(&slot) {
+                    Take::Task(t) => t,
+                    Take::Stop => break,
+                    Take::Empty => match pool.idle_wait(&slot, |wait| wait()) {
+                        Take::Task(t) => t,
+                        Take::Stop => break,
+                        Take::Empty => continue,
+                    },
+                };
+                served.lock().push((id, t));
+                while t == 0 && spin.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+                pool.finished(&slot);
+            }
+            pool.unregister(&slot);
+        })
+    }
+
     /// ...while one queued beside a thread that runs (a request holding the GIL, here a
     /// spin) waits for that thread: waking another would only make it wait for the GIL.
+    /// `stall_checks`: the reactor's stall check runs meanwhile, as often as it would.
     #[cfg(target_os = "linux")]
-    #[test]
-    fn a_request_queued_beside_a_running_thread_waits_for_it() {
+    fn queued_beside_a_running_thread(stall_checks: usize) {
         let pool = Arc::new(Pool::<u32>::new());
         let spin = Arc::new(AtomicBool::new(true));
         let served = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = (0..2).map(|id| spinner(&pool, &served, id, &spin)).collect();
+        wait_for(|| pool.idle() == 2);
+        pool.push(0);
+        wait_for(|| served.lock().len() == 1);
+        std::thread::sleep(WAKE_AFTER * 5);
+        pool.push(1);
+        if stall_checks == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for _ in 0..stall_checks {
+            pool.check();
+            std::thread::sleep(WAKE_AFTER);
+        }
+        assert_eq!(served.lock().len(), 1, "another thread was woken beside a running one");
+        spin.store(false, Ordering::Relaxed);
+        wait_for(|| served.lock().len() == 2);
+        let got = served.lock().clone();
+        assert_eq!(got[0].0, got[1].0, "{got:?}");
+        pool.stop(2);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_request_queued_beside_a_running_thread_waits_for_it() {
+        queued_beside_a_running_thread(0);
+    }
+
+    /// The stall check leaves alone a serving thread that waits for a CPU: here every
+    /// thread of the test shares one CPU with a busy loop, so the spinning request is
+    /// preempted for whole time slices (schedstat counts such a wait only once it ends).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_stall_check_leaves_a_preempted_thread_alone() {
+        // SAFETY: sched_getcpu has no preconditions; the set is a plain bit mask,
+        // zeroed, then one CPU set, and applied to the calling thread (pid 0) only.
+        let cpu = unsafe { libc::sched_getcpu() }.max(0) as usize;
+        let pin = move || unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        };
+        let busy = Arc::new(AtomicBool::new(true));
+        let hog = {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                pin();
+                while busy.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        // Threads spawned from here on inherit the pinning.
+        let test_thread = std::thread::spawn(move || {
+            pin();
+            queued_beside_a_running_thread(300);
+        });
+        let result = test_thread.join();
+        busy.store(false, Ordering::Relaxed);
+        hog.join().unwrap();
+        result.unwrap();
+    }
+
+    /// Two threads that both serve, taking turns at one lock held through each request
+    /// (as at the GIL): one of them steps back, and the other serves the rest alone.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_thread_taking_turns_at_a_held_lock_steps_back() {
+        const TASKS: u32 = 400;
+        let pool = Arc::new(Pool::<u32>::new());
+        for t in 0..TASKS {
+            pool.push(t);
+        }
+        let gil = Arc::new(Mutex::new(()));
+        let served = Arc::new(Mutex::new(Vec::new()));
         let threads: Vec<_> = (0..2)
             .map(|id| {
-                let (pool, spin, served) = (pool.clone(), spin.clone(), served.clone());
+                let (pool, gil, served) = (pool.clone(), gil.clone(), served.clone());
                 std::thread::spawn(move || {
                     let slot = pool.register();
                     loop {
@@ -630,27 +826,28 @@ mod tests {
                                 Take::Empty => continue,
                             },
                         };
-                        served.lock().push((id, t));
-                        while t == 0 && spin.load(Ordering::Relaxed) {
+                        let held = gil.lock();
+                        let until = Instant::now() + Duration::from_micros(300);
+                        while Instant::now() < until {
                             std::hint::spin_loop();
                         }
+                        served.lock().push((id, t));
+                        // Handed to the thread waiting, if one is: strict turns.
+                        parking_lot::MutexGuard::unlock_fair(held);
                         pool.finished(&slot);
                     }
                     pool.unregister(&slot);
                 })
             })
             .collect();
-        wait_for(|| pool.idle() == 2);
-        pool.push(0);
-        wait_for(|| served.lock().len() == 1);
-        std::thread::sleep(WAKE_AFTER * 5);
-        pool.push(1);
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(served.lock().len(), 1, "another thread was woken beside a running one");
-        spin.store(false, Ordering::Relaxed);
-        wait_for(|| served.lock().len() == 2);
+        wait_for(|| served.lock().len() == TASKS as usize);
         let got = served.lock().clone();
-        assert_eq!(got[0].0, got[1].0, "{got:?}");
+        let mut order: Vec<u32> = got.iter().map(|&(_, t)| t).collect();
+        order.sort_unstable();
+        assert_eq!(order, (0..TASKS).collect::<Vec<_>>(), "a request lost or served twice");
+        let last = &got[got.len() - 100..];
+        assert!(last.iter().all(|&(id, _)| id == last[0].0), "both threads still serving: {last:?}");
+        wait_for(|| pool.idle() == 2);
         pool.stop(2);
         for t in threads {
             t.join().unwrap();

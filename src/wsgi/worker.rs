@@ -18,7 +18,7 @@ use crate::http::response::{error_response, RequestSide};
 use crate::http::HttpError;
 use crate::logging;
 use crate::metrics::CloseReason;
-use crate::pool::Take;
+use crate::pool::{Slot, Take};
 use crate::reactor::Shared;
 use crate::wsgi::environ::{self, EnvConsts};
 use crate::wsgi::file_wrapper::{inspect, FileWrapper, Wrapped};
@@ -96,7 +96,7 @@ pub fn run(py: Python<'_>, ctx: &WorkerCtx) {
                 }
             };
             pool.finished(&slot);
-            next = finish(shared, &conn, close);
+            next = finish(shared, &conn, close, &slot);
         }
         if logging::due() {
             let _ = logging::deliver(py);
@@ -119,11 +119,17 @@ fn take(shared: &Shared, conn: &Conn, req: Request) -> Option<Request> {
 }
 
 /// Hands the connection back after a response: returns the next pipelined request if
-/// one is complete (served by this thread at once), or leaves it to the reactor.
-fn finish(shared: &Shared, conn: &Conn, close: bool) -> Option<Request> {
+/// one is complete (served by this thread at once, unless the thread is stepping back:
+/// then it is queued for the threads that go on), or leaves it to the reactor.
+fn finish(shared: &Shared, conn: &Arc<Conn>, close: bool, slot: &Slot) -> Option<Request> {
     shared.count_request();
     let mut st = conn.st.lock();
     let ready = shared.apply(conn, &mut st, Event::ResponseDone { close })?;
+    if shared.pool.stepping_back(slot) {
+        drop(st);
+        shared.dispatch(conn.clone(), ready);
+        return None;
+    }
     shared.apply(conn, &mut st, Event::Taken);
     Some(ready)
 }
