@@ -85,6 +85,8 @@ pub struct Pool<T> {
     /// request running Python does not hold the other threads back, so a queued request
     /// wakes an idle thread at once instead of waiting for the serving ones.
     gil: AtomicBool,
+    /// Stop markers in the queue.
+    stops: AtomicUsize,
 }
 
 /// What reading the serving threads' CPU times told.
@@ -128,6 +130,7 @@ impl<T> Pool<T> {
             last_check: AtomicU64::new(0),
             interval: AtomicU64::new(WAKE_AFTER.as_nanos() as u64),
             gil: AtomicBool::new(true),
+            stops: AtomicUsize::new(0),
         }
     }
 
@@ -147,6 +150,11 @@ impl<T> Pool<T> {
 
     pub fn is_empty(&self) -> bool {
         self.rx.is_empty()
+    }
+
+    /// Whether requests wait in the queue (stop markers aside).
+    pub fn requests_wait(&self) -> bool {
+        self.rx.len() > self.stops.load(Ordering::SeqCst)
     }
 
     pub fn idle(&self) -> usize {
@@ -196,6 +204,7 @@ impl<T> Pool<T> {
 
     /// Tells `count` threads to return once the requests before are served.
     pub fn stop(&self, count: usize) {
+        self.stops.fetch_add(count, Ordering::SeqCst);
         for _ in 0..count {
             let _ = self.tx.send(None);
         }
@@ -359,7 +368,10 @@ impl<T> Pool<T> {
                 self.progress.store(now, Ordering::SeqCst);
                 Take::Task(task)
             }
-            Ok(None) => Take::Stop,
+            Ok(None) => {
+                self.stops.fetch_sub(1, Ordering::SeqCst);
+                Take::Stop
+            }
             Err(TryRecvError::Empty) => Take::Empty,
             Err(TryRecvError::Disconnected) => Take::Stop,
         }

@@ -118,14 +118,16 @@ fn take(shared: &Shared, conn: &Conn, req: Request) -> Option<Request> {
     Some(req)
 }
 
-/// Hands the connection back after a response: returns the next pipelined request if
-/// one is complete (served by this thread at once, unless the thread is stepping back:
-/// then it is queued for the threads that go on), or leaves it to the reactor.
+/// Hands the connection back after a response: returns the next request on it if one
+/// is complete (served by this thread at once), or leaves it to the reactor. A complete
+/// next request goes to the back of the queue instead when requests of other connections
+/// wait there (a client that sends its next request while its response is finishing
+/// would otherwise keep the thread to itself), or when the thread is stepping back.
 fn finish(shared: &Shared, conn: &Arc<Conn>, close: bool, slot: &Slot) -> Option<Request> {
     shared.count_request();
     let mut st = conn.st.lock();
     let ready = shared.apply(conn, &mut st, Event::ResponseDone { close })?;
-    if shared.pool.stepping_back(slot) {
+    if shared.pool.requests_wait() || shared.pool.stepping_back(slot) {
         drop(st);
         shared.dispatch(conn.clone(), ready);
         return None;
