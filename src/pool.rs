@@ -581,15 +581,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    /// A pool thread that records which requests it served, and can be told to block.
-    fn thread(
+    /// A pool thread's loop, as the worker runs it: `serve` is called for each request.
+    fn pool_thread(
         pool: &Arc<Pool<u32>>,
-        served: &Arc<Mutex<Vec<(usize, u32)>>>,
-        id: usize,
-        block_on: Option<u32>,
-        release: Arc<(Mutex<bool>, Condvar)>,
+        mut serve: impl FnMut(u32) + Send + 'static,
     ) -> std::thread::JoinHandle<()> {
-        let (pool, served) = (pool.clone(), served.clone());
+        let pool = pool.clone();
         std::thread::spawn(move || {
             let slot = pool.register();
             loop {
@@ -602,17 +599,31 @@ mod tests {
                         Take::Empty => continue,
                     },
                 };
-                served.lock().push((id, t));
-                if Some(t) == block_on {
-                    let (lock, cv) = &*release;
-                    let mut go = lock.lock();
-                    while !*go {
-                        cv.wait(&mut go);
-                    }
-                }
+                serve(t);
                 pool.finished(&slot);
             }
             pool.unregister(&slot);
+        })
+    }
+
+    /// A pool thread that records which requests it served, and can be told to block.
+    fn thread(
+        pool: &Arc<Pool<u32>>,
+        served: &Arc<Mutex<Vec<(usize, u32)>>>,
+        id: usize,
+        block_on: Option<u32>,
+        release: Arc<(Mutex<bool>, Condvar)>,
+    ) -> std::thread::JoinHandle<()> {
+        let served = served.clone();
+        pool_thread(pool, move |t| {
+            served.lock().push((id, t));
+            if Some(t) == block_on {
+                let (lock, cv) = &*release;
+                let mut go = lock.lock();
+                while !*go {
+                    cv.wait(&mut go);
+                }
+            }
         })
     }
 
@@ -715,26 +726,12 @@ mod tests {
         id: usize,
         spin: &Arc<AtomicBool>,
     ) -> std::thread::JoinHandle<()> {
-        let (pool, spin, served) = (pool.clone(), spin.clone(), served.clone());
-        std::thread::spawn(move || {
-            let slot = pool.register();
-            loop {
-                let t = match pool.take(&slot) {
-                    Take::Task(t) => t,
-                    Take::Stop => break,
-                    Take::Empty => match pool.idle_wait(&slot, |wait| wait()) {
-                        Take::Task(t) => t,
-                        Take::Stop => break,
-                        Take::Empty => continue,
-                    },
-                };
-                served.lock().push((id, t));
-                while t == 0 && spin.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-                pool.finished(&slot);
+        let (spin, served) = (spin.clone(), served.clone());
+        pool_thread(pool, move |t| {
+            served.lock().push((id, t));
+            while t == 0 && spin.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
             }
-            pool.unregister(&slot);
         })
     }
 
@@ -825,30 +822,16 @@ mod tests {
         let served = Arc::new(Mutex::new(Vec::new()));
         let threads: Vec<_> = (0..2)
             .map(|id| {
-                let (pool, gil, served) = (pool.clone(), gil.clone(), served.clone());
-                std::thread::spawn(move || {
-                    let slot = pool.register();
-                    loop {
-                        let t = match pool.take(&slot) {
-                            Take::Task(t) => t,
-                            Take::Stop => break,
-                            Take::Empty => match pool.idle_wait(&slot, |wait| wait()) {
-                                Take::Task(t) => t,
-                                Take::Stop => break,
-                                Take::Empty => continue,
-                            },
-                        };
-                        let held = gil.lock();
-                        let until = Instant::now() + Duration::from_micros(300);
-                        while Instant::now() < until {
-                            std::hint::spin_loop();
-                        }
-                        served.lock().push((id, t));
-                        // Handed to the thread waiting, if one is: strict turns.
-                        parking_lot::MutexGuard::unlock_fair(held);
-                        pool.finished(&slot);
+                let (gil, served) = (gil.clone(), served.clone());
+                pool_thread(&pool, move |t| {
+                    let held = gil.lock();
+                    let until = Instant::now() + Duration::from_micros(300);
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
                     }
-                    pool.unregister(&slot);
+                    served.lock().push((id, t));
+                    // Handed to the thread waiting, if one is: strict turns.
+                    parking_lot::MutexGuard::unlock_fair(held);
                 })
             })
             .collect();
