@@ -4,9 +4,10 @@
 //! holding the GIL. Another thread is woken only when no pool thread is serving, or when
 //! the threads that are serving are all stuck: no request taken or finished for
 //! [`WAKE_AFTER`], and (where the OS tells a thread's CPU time) together running or
-//! waiting for a CPU less than half the time since. A request queued while every serving thread has been on its
-//! request for WAKE_AFTER and none of them is running (asleep, waiting on I/O: the OS
-//! tells a thread's state) wakes an idle thread at once, with no stall check to wait for.
+//! waiting for a CPU less than half the time since. A request queued while every serving
+//! thread has been on its request for WAKE_AFTER and none of them is running (asleep,
+//! waiting on I/O: the OS tells a thread's state) wakes an idle thread at once, with no
+//! stall check to wait for.
 //! So an application whose requests hold the GIL is served by one thread at a time, as
 //! with threads=1 (threads that wake only to wait for the GIL cost hand-offs and context
 //! switches), while a request that sleeps or waits on I/O holds the others back for no
@@ -61,9 +62,6 @@ pub struct Slot {
     window_cpu: AtomicU64,
     /// Set when the thread is to step back: its next take finds nothing.
     step_back: AtomicBool,
-    /// The thread stepped back (serving already counted down): going idle, it does not
-    /// look for a request again.
-    stepped_back: AtomicBool,
 }
 
 pub struct Pool<T> {
@@ -311,13 +309,7 @@ impl<T> Pool<T> {
             (true, false) => Probe::Started,
             (true, true) if window > 0 && ran.saturating_mul(2) >= window => Probe::Running,
             // Waiting for a CPU right now (the wait is counted only once it ends).
-            (true, true)
-                if slots
-                    .iter()
-                    .any(|s| s.serving.load(Ordering::Relaxed) && s.cpu.running() == Some(true)) =>
-            {
-                Probe::Running
-            }
+            (true, true) if one_runs(&slots, None) => Probe::Running,
             (true, true) => Probe::Stuck,
         }
     }
@@ -334,7 +326,6 @@ impl<T> Pool<T> {
             window_start: AtomicU64::new(0),
             window_cpu: AtomicU64::new(UNKNOWN),
             step_back: AtomicBool::new(false),
-            stepped_back: AtomicBool::new(false),
         });
         self.serving.fetch_add(1, Ordering::SeqCst);
         self.slots.lock().push(slot.clone());
@@ -411,11 +402,7 @@ impl<T> Pool<T> {
 
     /// Whether a serving thread other than `slot` is running or waiting for a CPU.
     fn another_runs(&self, slot: &Slot) -> bool {
-        let slots = self.slots.lock();
-        slots
-            .iter()
-            .filter(|s| !std::ptr::eq(&***s, slot) && s.serving.load(Ordering::Relaxed))
-            .any(|s| s.cpu.running() == Some(true))
+        one_runs(&self.slots.lock(), Some(slot))
     }
 
     /// Stops counting `slot` as serving unless it is the last serving thread; whether it
@@ -425,7 +412,6 @@ impl<T> Pool<T> {
             self.serving.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > 1).then(|| n - 1)).is_ok();
         if counted_down {
             slot.serving.store(false, Ordering::SeqCst);
-            slot.stepped_back.store(true, Ordering::Relaxed);
         }
         counted_down
     }
@@ -439,13 +425,12 @@ impl<T> Pool<T> {
             idle.push(slot.clone());
             self.idle_count.fetch_add(1, Ordering::Relaxed);
         }
+        // A thread no longer serving here stepped back: it was counted down while another
+        // serves, and that one takes what is queued.
         if slot.serving.swap(false, Ordering::SeqCst) {
             self.serving.fetch_sub(1, Ordering::SeqCst);
-        }
-        // A request queued between the caller's take() and the line above saw this thread
-        // still serving and woke nobody: look again before sleeping. (A thread that
-        // stepped back was counted down while another serves: that one takes it.)
-        if !slot.stepped_back.swap(false, Ordering::Relaxed) {
+            // A request queued between the caller's take() and the line above saw this
+            // thread still serving and woke nobody: look again before sleeping.
             let found = self.take(slot);
             if !matches!(found, Take::Empty) {
                 self.leave_idle(slot);
@@ -479,6 +464,15 @@ impl<T> Pool<T> {
             self.serving.fetch_add(1, Ordering::SeqCst);
         }
     }
+}
+
+/// Whether one of the serving `slots` (other than `except`) is running or waiting for a
+/// CPU (state R), where the OS tells.
+fn one_runs(slots: &[Arc<Slot>], except: Option<&Slot>) -> bool {
+    slots
+        .iter()
+        .filter(|s| except.is_none_or(|e| !std::ptr::eq(&***s, e)) && s.serving.load(Ordering::Relaxed))
+        .any(|s| s.cpu.running() == Some(true))
 }
 
 /// A thread's CPU-time clock, readable from other threads (Linux).
