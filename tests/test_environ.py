@@ -1,6 +1,7 @@
 """The WSGI environ, as an application sees it over a real connection; where cheap,
 compared key for key with what Waitress 3.0.2 builds for the same request bytes."""
 
+import concurrent.futures
 import hashlib
 import json
 import socket
@@ -366,6 +367,26 @@ def test_wsgi_input_around_inbuf_overflow(serve_app, chunk, size_kind):
     assert got["sha256"] == hashlib.sha256(body).hexdigest()
     assert got["again"] == ""
     assert got["content_length"] == str(size)
+
+
+def test_wsgi_input_spilled_bodies_one_after_another(serve_app):
+    """Spill files are written over by later bodies: each body reads back as itself,
+    never with bytes of a longer one before it, whether it comes with Content-Length or
+    chunked, on new connections or in parallel."""
+    overflow = 16 * 1024
+    addr = serve_app(apps.input_methods, inbuf_overflow=overflow)
+    sizes = [overflow * 40, overflow * 3 + 5, overflow * 9, overflow + 1, overflow * 2]
+    for i, size in enumerate(sizes):
+        body = bytes([65 + i]) * size
+        for chunk in (False, True):
+            got = input_result(addr, "digest", body, chunk=chunk)
+            assert (got["len"], got["sha256"], got["again"]) == (
+                size, hashlib.sha256(body).hexdigest(), ""), (size, chunk)
+    bodies = [bytes([97 + i % 26]) * (overflow * (1 + i % 7) + i) for i in range(24)]
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(lambda b: input_result(addr, "digest", b), bodies))
+    assert [(r["len"], r["sha256"]) for r in results] == [
+        (len(b), hashlib.sha256(b).hexdigest()) for b in bodies]
 
 
 def test_wsgi_input_lines_of_spilled_body(serve_app):
