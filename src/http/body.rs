@@ -75,34 +75,32 @@ fn keep_spill_file(f: File, held: u64) {
 #[derive(Debug)]
 pub struct Spool {
     mem: Vec<u8>,
-    file: Option<File>,
-    /// The most the spill file held before this body (it may be a kept one).
-    file_held: u64,
+    /// The spill file, with the most it held before this body (it may be a kept one).
+    file: Option<(File, u64)>,
     len: u64,
     limit: usize,
 }
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        if let Some(f) = self.file.take() {
-            keep_spill_file(f, self.file_held.max(self.len));
+        if let Some((f, held)) = self.file.take() {
+            keep_spill_file(f, held.max(self.len));
         }
     }
 }
 
 impl Spool {
     pub fn new(limit: usize) -> Self {
-        Spool { mem: Vec::new(), file: None, file_held: 0, len: 0, limit }
+        Spool { mem: Vec::new(), file: None, len: 0, limit }
     }
 
     /// A spool for a body whose length is known: memory reserved once, or straight to
     /// a file when it will not fit under the limit anyway.
     pub fn for_length(limit: usize, len: u64) -> io::Result<Self> {
         if len > limit as u64 {
-            let (f, held) = spill_file()?;
-            return Ok(Spool { mem: Vec::new(), file: Some(f), file_held: held, len: 0, limit });
+            return Ok(Spool { mem: Vec::new(), file: Some(spill_file()?), len: 0, limit });
         }
-        Ok(Spool { mem: Vec::with_capacity(len as usize), file: None, file_held: 0, len: 0, limit })
+        Ok(Spool { mem: Vec::with_capacity(len as usize), file: None, len: 0, limit })
     }
 
     pub fn len(&self) -> u64 {
@@ -125,11 +123,10 @@ impl Spool {
             let (mut f, held) = spill_file()?;
             f.write_all(&self.mem)?;
             self.mem = Vec::new();
-            self.file = Some(f);
-            self.file_held = held;
+            self.file = Some((f, held));
         }
         match &mut self.file {
-            Some(f) => f.write_all(data)?,
+            Some((f, _)) => f.write_all(data)?,
             None => self.mem.extend_from_slice(data),
         }
         self.len += data.len() as u64;
@@ -175,7 +172,7 @@ impl Spool {
                 buf[..want].copy_from_slice(&self.mem[start..start + want]);
                 Ok(want)
             }
-            Some(f) => {
+            Some((f, _)) => {
                 let mut got = 0;
                 while got < want {
                     let n = read_at(f, &mut buf[got..want], offset + got as u64)?;
