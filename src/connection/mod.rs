@@ -728,20 +728,10 @@ pub mod tests {
         let cfg = Config::default();
         let mut st = ConnState::new(server, &cfg);
         client.write_all(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n").unwrap();
-        read_all_available_until(&mut st, |st| st.mid_request());
+        read_all_available_until(&mut st, &mut [0u8; 4096], |st| st.mid_request());
         assert!(matches!(st.parse(&cfg), Parsed::NeedMore));
         client.write_all(&vec![b'x'; 100_000]).unwrap();
-        let mut scratch = vec![0u8; 8192];
-        let mut got = None;
-        for _ in 0..5000 {
-            st.read_some(&mut scratch).unwrap();
-            if let Parsed::Request(r) = st.parse(&cfg) {
-                got = Some(r);
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let r = got.expect("body arrived");
+        let r = read_request(&mut st, &cfg, &mut [0u8; 8192]);
         assert_eq!(r.body.len(), 100_000);
         assert!(st.input.is_empty());
     }
@@ -755,38 +745,34 @@ pub mod tests {
         data.extend(vec![b'y'; 100_000]);
         client.write_all(&data).unwrap();
         let mut scratch = vec![0u8; 256 * 1024];
-        for _ in 0..5000 {
-            st.read_some(&mut scratch).unwrap();
-            if !st.input.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        read_all_available_until(&mut st, &mut scratch, |st| !st.input.is_empty());
         // What came behind the head goes to the spool straight from the socket, not
         // through the input buffer.
         assert!(st.input.len() <= HEAD_READ, "{}", st.input.len());
-        let mut got = None;
-        for _ in 0..5000 {
-            if let Parsed::Request(r) = st.parse(&cfg) {
-                got = Some(r);
-                break;
-            }
-            st.read_some(&mut scratch).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert_eq!(got.expect("body arrived").body.len(), 100_000);
+        assert_eq!(read_request(&mut st, &cfg, &mut scratch).body.len(), 100_000);
     }
 
-    fn read_all_available_until(st: &mut ConnState, done: impl Fn(&ConnState) -> bool) {
-        let mut scratch = vec![0u8; 4096];
+    fn read_all_available_until(st: &mut ConnState, scratch: &mut [u8], done: impl Fn(&ConnState) -> bool) {
         for _ in 0..5000 {
-            st.read_some(&mut scratch).unwrap();
+            st.read_some(scratch).unwrap();
             if done(st) {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         panic!("condition not reached");
+    }
+
+    /// Parses and reads until a whole request is in.
+    fn read_request(st: &mut ConnState, cfg: &Config, scratch: &mut [u8]) -> Request {
+        for _ in 0..5000 {
+            if let Parsed::Request(r) = st.parse(cfg) {
+                return r;
+            }
+            st.read_some(scratch).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("no whole request arrived");
     }
 
     #[test]
