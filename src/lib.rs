@@ -8,6 +8,7 @@ mod access_log;
 mod check_timer;
 mod config;
 mod connection;
+mod deferred;
 pub mod http;
 mod listener;
 mod logging;

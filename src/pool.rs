@@ -151,6 +151,10 @@ impl<T> Pool<T> {
     }
 
     /// Whether requests wait in the queue (stop markers aside).
+    pub fn has_gil(&self) -> bool {
+        self.gil.load(Ordering::Relaxed)
+    }
+
     pub fn requests_wait(&self) -> bool {
         self.rx.len() > self.stops.load(Ordering::SeqCst)
     }

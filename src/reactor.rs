@@ -1,6 +1,7 @@
 //! The poll loop, on a thread of its own that never touches Python: accepts, reads and
-//! parses, hands complete requests to the pool, flushes what workers could not write,
-//! enforces timeouts and the connection limit, and drains in order on a stop.
+//! parses, hands complete requests to the pool, flushes what workers could not write and
+//! sends what they left to it (see `deferred`), enforces timeouts and the connection
+//! limit, and drains in order on a stop.
 //!
 //! Connections change phase only through [`Shared::apply`], which feeds an event to
 //! `connection::phase::step` and carries out the action it returns; the reactor and the
@@ -20,6 +21,7 @@ use crate::check_timer::{self, CheckTimer};
 use crate::config::Config;
 use crate::connection::phase::{self, Action, Event, Phase};
 use crate::connection::{Conn, ConnState, Interest, Parsed, Request};
+use crate::deferred::{Deferred, Naps};
 use crate::http::response::error_response;
 use crate::http::{HttpError, Version};
 use crate::listener::{peer_strings, Listener};
@@ -85,6 +87,8 @@ pub struct Shared {
     /// The TLS configuration new connections to a TLS listener get (replaced by a
     /// certificate reload; sessions under way keep theirs).
     tls: parking_lot::RwLock<Option<Arc<rustls::ServerConfig>>>,
+    /// Responses pool threads left for the reactor to send (see [`Shared::defer`]).
+    pub deferred: Deferred,
 }
 
 impl Shared {
@@ -114,6 +118,7 @@ impl Shared {
             recycling: AtomicBool::new(false),
             metrics,
             tls: parking_lot::RwLock::new(None),
+            deferred: Deferred::new(),
         })
     }
 
@@ -242,6 +247,29 @@ impl Shared {
         ready
     }
 
+    /// Leaves a pool thread's output for the reactor to send instead of sending it now
+    /// (see `deferred`), and says whether it did: only with a GIL (without one, threads
+    /// send at once in parallel), on Linux (where it was measured; a nap elsewhere may
+    /// last a whole timer tick), over plain TCP, when nothing waits for the socket
+    /// already, and when more requests wait for the pool (the thread's time is better
+    /// spent on them). Marks the connection: until the reactor's pass, what it is sent
+    /// goes to its output buffer, and it is not watched for writability.
+    pub fn defer(&self, conn: &Arc<Conn>, st: &mut ConnState) -> bool {
+        if st.deferred {
+            return true;
+        }
+        if !cfg!(target_os = "linux")
+            || !self.pool.has_gil()
+            || st.is_tls()
+            || !st.out.is_empty()
+            || !self.pool.requests_wait()
+        {
+            return false;
+        }
+        st.deferred = self.deferred.offer(conn);
+        st.deferred
+    }
+
     /// Queues an error answer (sent at once as far as the socket takes it).
     fn queue_refusal(&self, st: &mut ConnState, err: &HttpError, version: Version) -> Event {
         let page = error_response(err, version, &self.cfg.ident);
@@ -257,7 +285,7 @@ impl Shared {
 
     /// What the poller should report for a connection in its phase.
     fn interest(&self, st: &ConnState) -> Interest {
-        let write = st.output_pending();
+        let write = st.output_pending() && !st.deferred;
         let read = match st.phase {
             Phase::Reading | Phase::Lingering => !st.peer_closed,
             // Input that arrives while a request is served is buffered, unparsed, up to
@@ -432,6 +460,7 @@ struct Reactor<'a> {
     /// the next tick.
     accept_deferred: bool,
     check_timer: CheckTimer,
+    naps: Naps,
 }
 
 impl Drop for Reactor<'_> {
@@ -441,6 +470,8 @@ impl Drop for Reactor<'_> {
             let _ = self.shared.poller.delete(l.socket());
         }
         let _ = self.check_timer.remove(&self.shared.poller);
+        let left = self.shared.deferred.close();
+        self.send_left(left);
     }
 }
 
@@ -458,7 +489,7 @@ impl<'a> Reactor<'a> {
         shared.metrics.own().mark_started();
         let listeners = listeners.into_iter().map(Some).collect();
         let check_timer = shared.check_timer.lock().take().unwrap_or_else(|| CheckTimer::new(&shared.poller));
-        Ok(Reactor { shared, listeners, scratch, accept_deferred: false, check_timer })
+        Ok(Reactor { shared, listeners, scratch, accept_deferred: false, check_timer, naps: Naps::new() })
     }
 
     fn run(&mut self) -> io::Result<()> {
@@ -470,7 +501,8 @@ impl<'a> Reactor<'a> {
         let mut pool_check: Option<Instant> = None;
         loop {
             events.clear();
-            let timeout = self.check_timer.timeout(pool_check, TICK);
+            let nap = self.send_deferred();
+            let timeout = self.check_timer.timeout(pool_check, nap.unwrap_or(TICK));
             if let Err(e) = shared.poller.wait(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     self.stop_accepting();
@@ -595,6 +627,33 @@ impl<'a> Reactor<'a> {
             }
         }
         left == 0 && self.shared.pool.is_empty()
+    }
+
+    /// Sends the output pool threads left; returns how long the next wait may last when
+    /// it is a nap.
+    fn send_deferred(&mut self) -> Option<Duration> {
+        let (conns, nap) = self.shared.deferred.take(&mut self.naps);
+        if !conns.is_empty() {
+            self.naps.found(conns.len(), Instant::now());
+            self.send_left(conns);
+        }
+        nap.then(|| self.naps.length())
+    }
+
+    fn send_left(&mut self, conns: Vec<Arc<Conn>>) {
+        let shared = self.shared;
+        for conn in conns {
+            conn.st.lock().deferred = false;
+            // As for an event: a fault closes this connection only.
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                Self::on_ready(shared, &mut self.scratch, &conn, false, true)
+            }));
+            if outcome.is_err() {
+                log::error!(target: "rswaitress", "internal error while sending a response; the connection was closed");
+                let mut st = conn.st.lock();
+                shared.close(&conn, &mut st, CloseReason::Other);
+            }
+        }
     }
 
     fn on_event(&mut self, ev: PollEvent) {
@@ -1061,5 +1120,53 @@ mod tests {
         let mut r = r;
         r.reactor.take().unwrap().join().unwrap().unwrap();
         assert!(r.shared.conns.lock().is_empty());
+    }
+
+    /// Several clients, one worker that has spent a while on each request: with requests
+    /// waiting behind it, the worker leaves its responses for the reactor. Each client
+    /// still gets its own answers, whole and in order, and the reactor sent some of them.
+    #[test]
+    fn responses_left_for_the_reactor_reach_their_clients() {
+        const CLIENTS: usize = 6;
+        const EACH: usize = 40;
+        let r = Running::start(Config::default());
+        let shared = r.shared.clone();
+        let first = AtomicBool::new(true);
+        let worker = r.worker(CLIENTS * EACH, move |resp, req| {
+            if first.swap(false, Ordering::SeqCst) {
+                // Every other client's first request queues up behind this one.
+                while shared.pool.queued() < CLIENTS - 1 {
+                    std::thread::yield_now();
+                }
+            }
+            resp.taken_at = Instant::now().checked_sub(Duration::from_millis(1));
+            echo_path(resp, req)
+        });
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let mut s = r.connect();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        let path = format!("/client{c}/request{i}");
+                        // One write: a request in pieces would wait on Nagle and the
+                        // server's delayed ACK.
+                        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+                        let got = read_until(&mut s, path.as_bytes(), 1);
+                        let text = String::from_utf8_lossy(&got);
+                        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+                        assert!(text.ends_with(&format!("\r\n\r\n{path}")), "{text}");
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        assert!(worker.join().unwrap().iter().all(|o| o.is_ok()));
+        let left = r.shared.deferred.left();
+        if cfg!(target_os = "linux") {
+            assert!(left > 0, "no response was left for the reactor");
+        }
+        r.stop();
     }
 }

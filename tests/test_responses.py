@@ -4,6 +4,7 @@ than the output buffers."""
 
 import hashlib
 import socket
+import threading
 import time
 
 import pytest
@@ -586,3 +587,73 @@ def test_app_returning_none_is_500(make_server):
     srv = make_server(app)
     r = get(srv.addr)
     assert r.status == 500
+
+
+# --- many clients, one busy thread ------------------------------------------------------
+
+
+def busy_app(environ, start_response):
+    """Spends a while holding the GIL on each request (so that requests queue behind it),
+    then answers with a body made from the path, shaped as ``kind`` in the path says."""
+    until = time.perf_counter() + 0.0003
+    while time.perf_counter() < until:
+        pass
+    path = environ["PATH_INFO"]
+    kind = int(path.rsplit("/", 1)[1]) % 5
+    body = path.encode() * (4000 if kind == 2 else 3)  # kind 2: past 64 KiB
+    if kind == 1:  # chunked, in pieces
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([body[:5], body[5:], b""])
+    if kind == 3:  # write(), then an empty iterable
+        write = start_response("200 OK", [("Content-Length", str(len(body)))])
+        write(body)
+        return []
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def many_clients_each_get_their_own(addr, clients=8, each=30):
+    failures = []
+
+    def client(c):
+        rc = RawClient(addr)
+        try:
+            for i in range(each):
+                path = f"/client{c}/{i}"
+                method = "HEAD" if i % 5 == 4 else "GET"
+                rc.send(request(method, path))
+                r = rc.read_response(method=method)
+                kind = i % 5
+                expected = b"" if method == "HEAD" else path.encode() * (4000 if kind == 2 else 3)
+                if r.status != 200 or r.body != expected:
+                    failures.append((path, r.status, r.body[:80]))
+                    return
+                if r.header("Connection") == "close":
+                    # A chunked answer to a client that did not ask for keep-alive.
+                    assert rc.peer_closed()
+                    rc.close()
+                    rc = RawClient(addr)
+        except Exception as e:  # noqa: BLE001 - reported below with the client
+            failures.append((c, repr(e)))
+        finally:
+            rc.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 4)
+    assert not any(t.is_alive() for t in threads), "a client got no answer"
+    assert failures == []
+
+
+def test_many_keep_alive_clients_each_get_their_own_responses(serve_app):
+    """A GIL-bound application with requests waiting: small responses may be left for
+    the reactor to send while the thread goes on with the next request. Whatever sends
+    them, each client gets its own answers, whole, in order, in every framing."""
+    many_clients_each_get_their_own(serve_app(busy_app))
+
+
+@pytest.mark.unix_sockets
+def test_many_clients_each_get_their_own_over_unix_socket(unix_server):
+    many_clients_each_get_their_own(unix_server(busy_app).addr)

@@ -98,6 +98,9 @@ pub struct ConnState {
     pub clocks: Clocks,
     /// While lingering: when the connection is closed whatever the client does.
     pub linger_until: Option<Instant>,
+    /// Output left for the reactor's next pass to send (see `Shared::defer`): not sent
+    /// now, and not watched for writability meanwhile.
+    pub deferred: bool,
     /// Bytes received and sent since the metrics last took them (`take_io`).
     io_in: u64,
     io_out: u64,
@@ -160,6 +163,7 @@ impl ConnState {
             interest: Interest::default(),
             clocks: Clocks { last_input: now, head_started: None, output_since: now },
             linger_until: None,
+            deferred: false,
             io_in: 0,
             io_out: 0,
         }
@@ -521,7 +525,7 @@ impl ConnState {
         let Some(sock) = self.sock.as_ref() else { return Err(io::ErrorKind::NotConnected.into()) };
         let was_empty = self.out.is_empty();
         let mut skip = 0usize;
-        if was_empty {
+        if was_empty && !self.deferred {
             skip = send_all_vectored(sock, parts)?;
             self.io_out += skip as u64;
         }
@@ -680,6 +684,17 @@ pub mod tests {
         let (server, _) = l.accept().unwrap();
         server.set_nonblocking(true).unwrap();
         (Socket::from(server), client)
+    }
+
+    /// A connection from a plain TCP listener over `server`, as the reactor makes one.
+    pub fn plain_conn(key: usize, server: Socket, cfg: &Config) -> Arc<Conn> {
+        let info = Arc::new(crate::listener::ListenerInfo {
+            server_port: "80".into(),
+            is_unix: false,
+            metrics: false,
+            tls: false,
+        });
+        Arc::new(Conn::new(key, server, info, ("127.0.0.1".into(), "1".into()), cfg, None))
     }
 
     /// A client socket with a small receive buffer (so that a response it does not read

@@ -145,7 +145,8 @@ fn serve(py: Python<'_>, ctx: &WorkerCtx, conn: &Arc<Conn>, req: Request) -> boo
         keep_alive: head.keep_alive,
         asked_keep_alive: head.asked_keep_alive,
     };
-    let resp = Response::new(ctx.shared.clone(), conn.clone(), side, head.is_head());
+    let mut resp = Response::new(ctx.shared.clone(), conn.clone(), side, head.is_head());
+    resp.taken_at = Some(taken_at);
     let sr = match Bound::new(py, StartResponse::new(resp)) {
         Ok(sr) => sr,
         Err(e) => {
@@ -450,13 +451,7 @@ mod tests {
         client.write_all(raw).unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
         let shared = Arc::new(Shared::new(cfg.clone(), Vec::new()).unwrap());
-        let info = Arc::new(crate::listener::ListenerInfo {
-            server_port: "80".into(),
-            is_unix: false,
-            metrics: false,
-            tls: false,
-        });
-        let conn = Arc::new(Conn::new(9, server, info, ("127.0.0.1".into(), "5".into()), &cfg, None));
+        let conn = crate::connection::tests::plain_conn(9, server, &cfg);
         let first = {
             let mut st = conn.st.lock();
             let mut scratch = vec![0u8; 65536];
