@@ -85,6 +85,8 @@ pub struct Pool<T> {
     gil: AtomicBool,
     /// Stop markers in the queue.
     stops: AtomicUsize,
+    /// Requests taken from the queue so far.
+    taken: AtomicU64,
 }
 
 /// What reading the serving threads' CPU times told.
@@ -129,6 +131,7 @@ impl<T> Pool<T> {
             interval: AtomicU64::new(WAKE_AFTER.as_nanos() as u64),
             gil: AtomicBool::new(true),
             stops: AtomicUsize::new(0),
+            taken: AtomicU64::new(0),
         }
     }
 
@@ -144,6 +147,11 @@ impl<T> Pool<T> {
     /// Requests waiting for a thread.
     pub fn queued(&self) -> usize {
         self.rx.len()
+    }
+
+    /// Requests taken from the queue so far.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -361,6 +369,7 @@ impl<T> Pool<T> {
                 let now = self.now_ns();
                 slot.since.store(now, Ordering::Relaxed);
                 self.progress.store(now, Ordering::SeqCst);
+                self.taken.fetch_add(1, Ordering::Relaxed);
                 Take::Task(task)
             }
             Ok(None) => {

@@ -502,7 +502,16 @@ impl<'a> Reactor<'a> {
         loop {
             events.clear();
             let nap = self.send_deferred();
-            let timeout = self.check_timer.timeout(pool_check, nap.unwrap_or(TICK));
+            let mut timeout = self.check_timer.timeout(pool_check, nap.unwrap_or(TICK));
+            // With the pool's queue long enough, the nap is a sleep that socket events do
+            // not end; they are taken together after it (see crate::deferred).
+            if let Some(mut sleep) = nap.and_then(|_| self.naps.sleep(shared.pool.queued())) {
+                if let Some(at) = pool_check {
+                    sleep = sleep.min(at.saturating_duration_since(Instant::now()));
+                }
+                shared.deferred.sleep(sleep);
+                timeout = Duration::ZERO;
+            }
             if let Err(e) = shared.poller.wait(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     self.stop_accepting();
@@ -633,8 +642,15 @@ impl<'a> Reactor<'a> {
     /// it is a nap.
     fn send_deferred(&mut self) -> Option<Duration> {
         let (conns, nap) = self.shared.deferred.take(&mut self.naps);
+        if !nap && conns.is_empty() {
+            // Not napping: the pool's pace is not followed (a pass costs nothing more).
+            self.naps.unwatched();
+            return None;
+        }
+        let now = Instant::now();
+        self.naps.pool_taken(self.shared.pool.taken(), self.shared.pool.queued(), now);
         if !conns.is_empty() {
-            self.naps.found(conns.len(), Instant::now());
+            self.naps.found(conns.len(), now);
             self.send_left(conns);
         }
         nap.then(|| self.naps.length())
@@ -1166,6 +1182,48 @@ mod tests {
         let left = r.shared.deferred.left();
         if cfg!(target_os = "linux") {
             assert!(left > 0, "no response was left for the reactor");
+        }
+        r.stop();
+    }
+
+    /// Requests that take a while, queued behind each other: the reactor sleeps through
+    /// naps (socket events wait for the end of each), and every request still gets its
+    /// own answer, in order, on its own connection.
+    #[test]
+    fn requests_that_arrive_while_the_reactor_sleeps_are_all_answered() {
+        const CLIENTS: usize = 8;
+        const EACH: usize = 30;
+        let r = Running::start(Config::default());
+        let worker = r.worker(CLIENTS * EACH, move |resp, req| {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_micros(300) {
+                std::hint::spin_loop();
+            }
+            resp.taken_at = Some(start);
+            echo_path(resp, req)
+        });
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let mut s = r.connect();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        let path = format!("/client{c}/request{i}");
+                        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+                        let got = read_until(&mut s, path.as_bytes(), 1);
+                        let text = String::from_utf8_lossy(&got);
+                        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+                        assert!(text.ends_with(&format!("\r\n\r\n{path}")), "{text}");
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        assert!(worker.join().unwrap().iter().all(|o| o.is_ok()));
+        if cfg!(target_os = "linux") {
+            assert!(r.shared.deferred.left() > 0, "no response was left for the reactor");
+            assert!(r.shared.deferred.sleeps() > 0, "the reactor never slept through a nap");
         }
         r.stop();
     }
