@@ -1138,6 +1138,31 @@ mod tests {
         assert!(r.shared.conns.lock().is_empty());
     }
 
+    /// `clients` keep-alive connections each send `each` requests, one at a time, and
+    /// check that every answer is 200 with the request's own path as its body.
+    fn echo_clients(r: &Running, clients: usize, each: usize) {
+        let threads: Vec<_> = (0..clients)
+            .map(|c| {
+                let mut s = r.connect();
+                std::thread::spawn(move || {
+                    for i in 0..each {
+                        let path = format!("/client{c}/request{i}");
+                        // One write: a request in pieces would wait on Nagle and the
+                        // server's delayed ACK.
+                        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+                        let got = read_until(&mut s, path.as_bytes(), 1);
+                        let text = String::from_utf8_lossy(&got);
+                        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+                        assert!(text.ends_with(&format!("\r\n\r\n{path}")), "{text}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
     /// Several clients, one worker that has spent a while on each request: with requests
     /// waiting behind it, the worker leaves its responses for the reactor. Each client
     /// still gets its own answers, whole and in order, and the reactor sent some of them.
@@ -1158,26 +1183,7 @@ mod tests {
             resp.taken_at = Instant::now().checked_sub(Duration::from_millis(1));
             echo_path(resp, req)
         });
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|c| {
-                let mut s = r.connect();
-                std::thread::spawn(move || {
-                    for i in 0..EACH {
-                        let path = format!("/client{c}/request{i}");
-                        // One write: a request in pieces would wait on Nagle and the
-                        // server's delayed ACK.
-                        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
-                        let got = read_until(&mut s, path.as_bytes(), 1);
-                        let text = String::from_utf8_lossy(&got);
-                        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-                        assert!(text.ends_with(&format!("\r\n\r\n{path}")), "{text}");
-                    }
-                })
-            })
-            .collect();
-        for c in clients {
-            c.join().unwrap();
-        }
+        echo_clients(&r, CLIENTS, EACH);
         assert!(worker.join().unwrap().iter().all(|o| o.is_ok()));
         let left = r.shared.deferred.left();
         if cfg!(target_os = "linux") {
@@ -1202,24 +1208,7 @@ mod tests {
             resp.taken_at = Some(start);
             echo_path(resp, req)
         });
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|c| {
-                let mut s = r.connect();
-                std::thread::spawn(move || {
-                    for i in 0..EACH {
-                        let path = format!("/client{c}/request{i}");
-                        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
-                        let got = read_until(&mut s, path.as_bytes(), 1);
-                        let text = String::from_utf8_lossy(&got);
-                        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-                        assert!(text.ends_with(&format!("\r\n\r\n{path}")), "{text}");
-                    }
-                })
-            })
-            .collect();
-        for c in clients {
-            c.join().unwrap();
-        }
+        echo_clients(&r, CLIENTS, EACH);
         assert!(worker.join().unwrap().iter().all(|o| o.is_ok()));
         if cfg!(target_os = "linux") {
             assert!(r.shared.deferred.left() > 0, "no response was left for the reactor");
