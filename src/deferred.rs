@@ -121,6 +121,15 @@ impl Deferred {
     }
 }
 
+/// A nap of the reactor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nap {
+    /// A wait in the poller, which the first socket event ends.
+    Poll(Duration),
+    /// A sleep; the socket events are taken after it, all at once.
+    Sleep(Duration),
+}
+
 /// The reactor's side: whether it naps, and for how long.
 pub struct Naps {
     /// Passes in a row that found nothing left (and no thread asking).
@@ -177,7 +186,7 @@ impl Naps {
     /// average time between two takes follows. A pass with none queued ends the window.
     pub fn pool_taken(&mut self, taken: u64, queued: usize, now: Instant) {
         if queued == 0 {
-            self.last_taken = None;
+            self.unwatched();
             return;
         }
         match self.last_taken {
@@ -201,6 +210,15 @@ impl Naps {
     /// nap usually finds one, bounded by NAP_MIN and NAP_MAX.
     pub fn length(&self) -> Duration {
         Duration::from_nanos(self.interval_ns).clamp(NAP_MIN, NAP_MAX)
+    }
+
+    /// The next nap, with `queued` requests waiting for the pool: a sleep where
+    /// [`Naps::sleep`] allows one, else a wait in the poller for [`Naps::length`].
+    pub fn next(&self, queued: usize) -> Nap {
+        match self.sleep(queued) {
+            Some(sleep) => Nap::Sleep(sleep),
+            None => Nap::Poll(self.length()),
+        }
     }
 
     /// Whether the next nap may be a sleep that no socket event ends, and how long, with

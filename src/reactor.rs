@@ -21,7 +21,7 @@ use crate::check_timer::{self, CheckTimer};
 use crate::config::Config;
 use crate::connection::phase::{self, Action, Event, Phase};
 use crate::connection::{Conn, ConnState, Interest, Parsed, Request};
-use crate::deferred::{Deferred, Naps};
+use crate::deferred::{Deferred, Nap, Naps};
 use crate::http::response::error_response;
 use crate::http::{HttpError, Version};
 use crate::listener::{peer_strings, Listener};
@@ -502,15 +502,19 @@ impl<'a> Reactor<'a> {
         loop {
             events.clear();
             let nap = self.send_deferred();
-            let mut timeout = self.check_timer.timeout(pool_check, nap.unwrap_or(TICK));
+            let wait = match nap {
+                Some(Nap::Poll(length)) => length,
+                Some(Nap::Sleep(_)) => Duration::ZERO,
+                None => TICK,
+            };
+            let timeout = self.check_timer.timeout(pool_check, wait);
             // With the pool's queue long enough, the nap is a sleep that socket events do
             // not end; they are taken together after it (see crate::deferred).
-            if let Some(mut sleep) = nap.and_then(|_| self.naps.sleep(shared.pool.queued())) {
+            if let Some(Nap::Sleep(mut sleep)) = nap {
                 if let Some(at) = pool_check {
                     sleep = sleep.min(at.saturating_duration_since(Instant::now()));
                 }
                 shared.deferred.sleep(sleep);
-                timeout = Duration::ZERO;
             }
             if let Err(e) = shared.poller.wait(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -638,9 +642,8 @@ impl<'a> Reactor<'a> {
         left == 0 && self.shared.pool.is_empty()
     }
 
-    /// Sends the output pool threads left; returns how long the next wait may last when
-    /// it is a nap.
-    fn send_deferred(&mut self) -> Option<Duration> {
+    /// Sends the output pool threads left; returns the next wait when it is a nap.
+    fn send_deferred(&mut self) -> Option<Nap> {
         let (conns, nap) = self.shared.deferred.take(&mut self.naps);
         if !nap && conns.is_empty() {
             // Not napping: the pool's pace is not followed (a pass costs nothing more).
@@ -648,12 +651,13 @@ impl<'a> Reactor<'a> {
             return None;
         }
         let now = Instant::now();
-        self.naps.pool_taken(self.shared.pool.taken(), self.shared.pool.queued(), now);
+        let queued = self.shared.pool.queued();
+        self.naps.pool_taken(self.shared.pool.taken(), queued, now);
         if !conns.is_empty() {
             self.naps.found(conns.len(), now);
             self.send_left(conns);
         }
-        nap.then(|| self.naps.length())
+        nap.then(|| self.naps.next(queued))
     }
 
     fn send_left(&mut self, conns: Vec<Arc<Conn>>) {
