@@ -389,6 +389,55 @@ def test_wsgi_input_spilled_bodies_one_after_another(serve_app):
         (len(b), hashlib.sha256(b).hexdigest()) for b in bodies]
 
 
+def test_spilled_bodies_in_pieces_then_pipelined_requests(serve_app):
+    """Bodies past inbuf_overflow go from the socket to their spill file (on Linux
+    without passing through the server's memory): each one arrives whole and in order,
+    whether it comes with its head, in odd-sized pieces or in one write with the next
+    request behind it, and the request behind it is not taken as body."""
+    import random
+
+    overflow = 16 * 1024
+    addr = serve_app(apps.input_methods, inbuf_overflow=overflow)
+    rng = random.Random(7)
+    bodies = [rng.randbytes(n) for n in (overflow * 30 + 3, overflow + 1, 700_001)]
+    reqs = [request("POST", "/?mode=digest", body=b) for b in bodies]
+    with RawClient(addr) as c:
+        # First: the head and the body in pieces of 1 byte to 100 KiB.
+        data, pos = reqs[0], 0
+        while pos < len(data):
+            step = rng.choice([1, 13, 4096, 65_535, 100_000])
+            c.send(data[pos:pos + step])
+            pos += step
+        first = c.read_response("POST")
+        # Then the other two and a GET, in one write.
+        c.send(reqs[1] + reqs[2] + request("GET", "/?mode=digest"))
+        rest = [c.read_response("POST"), c.read_response("POST"), c.read_response()]
+    got = [json.loads(r.body) for r in [first] + rest]
+    assert [(g["len"], g["sha256"]) for g in got] == [
+        (len(b), hashlib.sha256(b).hexdigest()) for b in bodies + [b""]]
+
+
+def test_client_gone_mid_spilled_body_leaves_the_server_serving(serve_app):
+    """A client that sends part of a spilled body and leaves: nothing is served for it,
+    and the next client's spilled body reads back as itself."""
+    overflow = 8 * 1024
+    addr = serve_app(apps.input_methods, inbuf_overflow=overflow)
+    head = (b"POST /?mode=digest HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+            % (overflow * 50))
+    for how in ("fin", "rst"):
+        s = socket.create_connection(addr)
+        s.sendall(head + b"p" * (overflow * 20))
+        if how == "rst":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        else:
+            s.shutdown(socket.SHUT_WR)
+            assert recv_until_close(s) == b""
+        s.close()
+    body = bytes(range(251)) * 2000
+    got = input_result(addr, "digest", body)
+    assert (got["len"], got["sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+
+
 def test_wsgi_input_lines_of_spilled_body(serve_app):
     """readline/iteration over a body held in a file (above inbuf_overflow), with lines
     that straddle the server's internal scan size."""

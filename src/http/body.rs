@@ -134,7 +134,8 @@ impl Spool {
     }
 
     /// Receives up to `want` bytes of body from `sock` into the spool: straight into the
-    /// reserved memory when it has room, else through `scratch`. Ok(0) is end of stream.
+    /// reserved memory when it has room, on Linux straight into the spill file when there
+    /// is one (splice.rs), else through `scratch`. Ok(0) is end of stream.
     pub fn recv_from(
         &mut self,
         sock: &socket2::Socket,
@@ -148,6 +149,13 @@ impl Spool {
             unsafe { self.mem.set_len(self.mem.len() + n) };
             self.len += n as u64;
             return Ok(n);
+        }
+        #[cfg(target_os = "linux")]
+        if let Some((f, _)) = &mut self.file {
+            if let Some(n) = super::splice::sock_to_file(sock, f, want, scratch)? {
+                self.len += n as u64;
+                return Ok(n);
+            }
         }
         let want = want.min(scratch.len());
         let n = (&*sock).read(&mut scratch[..want])?;

@@ -11,6 +11,8 @@ pub mod inbuf;
 mod proptests;
 pub mod request;
 pub mod response;
+#[cfg(target_os = "linux")]
+mod splice;
 
 use std::fmt;
 
