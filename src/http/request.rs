@@ -7,13 +7,16 @@
 //! through a keyed hash once a head has more than a few distinct names, so that a head
 //! of tens of thousands of short lines costs what its bytes cost.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::mem::MaybeUninit;
 
 use super::{is_tchar, HttpError, Version};
 
 /// Header lines parsed into a stack array; a head with more is parsed into one sized
-/// from its line count, so the only limit is max_request_header_size (as in Waitress).
+/// from its line count (kept by the thread), so the only limit is max_request_header_size
+/// (as in Waitress).
 const STACK_HEADERS: usize = 64;
 
 /// Distinct header names looked up by a linear scan; past this, through a hash map.
@@ -236,15 +239,63 @@ impl RequestHead {
 /// Parses one complete head (`buf` ends with CRLF CRLF).
 pub fn parse_head(buf: &[u8], rules: &HeadRules) -> Result<RequestHead, HttpError> {
     let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    match parse_into(buf, &mut stack, rules) {
-        Err(None) => {
-            // Every header line ends with a line feed: that many slots are enough.
-            let lines = buf.iter().filter(|&&b| b == b'\n').count();
-            let mut many = vec![httparse::EMPTY_HEADER; lines];
-            parse_into(buf, &mut many, rules)
-                .map_err(|e| e.unwrap_or_else(|| HttpError::bad_request("HTTP message header invalid")))
+    let mut req = httparse::Request::new(&mut stack);
+    let parsed = req.parse(buf);
+    if !matches!(parsed, Err(httparse::Error::TooManyHeaders)) {
+        return finish_parse(buf, req, parsed, rules);
+    }
+    // Every header line ends with a line feed: that many slots are enough. They are
+    // kept by the thread for the next such head: fresh memory of this size costs a page
+    // fault per 128 slots, more than httparse's own work on the lines.
+    let lines = buf.iter().filter(|&&b| b == b'\n').count();
+    MANY_SLOTS.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if kept.capacity() < lines {
+            *kept = Vec::with_capacity(lines);
         }
-        other => other.map_err(|e| e.expect("only a full header array gives None")),
+        let slots = &mut kept.spare_capacity_mut()[..lines];
+        // SAFETY: only the lifetime of the slots' type changes. They are uninitialised to
+        // the compiler and to httparse, which writes each slot it returns before anyone
+        // reads it; what it returns is read only by finish_parse, within this borrow, and
+        // the head built from it owns copies of its bytes.
+        let len = slots.len();
+        let slots: &mut [MaybeUninit<httparse::Header<'_>>] =
+            unsafe { std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast(), len) };
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = req.parse_with_uninit_headers(buf, slots);
+        let head = finish_parse(buf, req, parsed, rules);
+        if kept.capacity() > KEEP_SLOTS {
+            *kept = Vec::new();
+        }
+        head
+    })
+}
+
+/// Slots kept per thread at most (2 MiB): a head of the default maximum size
+/// (262,144 bytes) has fewer lines than this.
+const KEEP_SLOTS: usize = 1 << 16;
+
+thread_local! {
+    /// Header slots for heads of more than STACK_HEADERS lines, kept between heads: the
+    /// spare capacity of an always empty vector.
+    static MANY_SLOTS: RefCell<Vec<httparse::Header<'static>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Checks what httparse made of a head, then validates and collects it.
+fn finish_parse(
+    buf: &[u8],
+    req: httparse::Request<'_, '_>,
+    parsed: httparse::Result<usize>,
+    rules: &HeadRules,
+) -> Result<RequestHead, HttpError> {
+    match parsed {
+        Ok(httparse::Status::Complete(_)) => build(req, rules),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            Err(HttpError::bad_request("HTTP message header invalid"))
+        }
+        Err(httparse::Error::Version) => Err(version_error(buf)),
+        Err(httparse::Error::Token) if start_line_has_non_ascii(buf) => Err(non_ascii_target()),
+        Err(e) => Err(HttpError::bad_request(describe(e))),
     }
 }
 
@@ -257,26 +308,6 @@ pub fn claimed_version(buf: &[u8]) -> Version {
     } else {
         Version::Http10
     }
-}
-
-/// Parses with the given header array; `Err(None)` means the array was too small.
-fn parse_into<'b>(
-    buf: &'b [u8],
-    raw: &mut [httparse::Header<'b>],
-    rules: &HeadRules,
-) -> Result<RequestHead, Option<HttpError>> {
-    let mut req = httparse::Request::new(raw);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => {
-            return Err(Some(HttpError::bad_request("HTTP message header invalid")))
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(None),
-        Err(httparse::Error::Version) => return Err(Some(version_error(buf))),
-        Err(httparse::Error::Token) if start_line_has_non_ascii(buf) => return Err(Some(non_ascii_target())),
-        Err(e) => return Err(Some(HttpError::bad_request(describe(e)))),
-    }
-    build(req, rules).map_err(Some)
 }
 
 fn non_ascii_target() -> HttpError {
@@ -316,12 +347,8 @@ impl Hash for NoCase<'_> {
     }
 }
 
-/// One header line kept for the head: its stripped value, and the index of the distinct
-/// name it belongs to.
-struct Line<'b> {
-    value: &'b [u8],
-    group: u32,
-}
+/// The group of a header line that is dropped.
+const NONE: u32 = u32::MAX;
 
 /// A distinct header name: as first sent, its line count and the length of its values.
 struct Group<'b> {
@@ -436,7 +463,8 @@ fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHea
 
     let mut groups = Groups::new(req.headers.len());
     let mut specials = Specials::default();
-    let mut lines: Vec<Line<'_>> = Vec::with_capacity(req.headers.len());
+    // The group of each header line, or NONE for a dropped one.
+    let mut line_groups: Vec<u32> = Vec::with_capacity(req.headers.len());
     let mut hosts = 0usize;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -445,6 +473,7 @@ fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHea
         // A name with an underscore would collide with the dash form once both become
         // CGI names (X_Forwarded vs X-Forwarded); such headers are dropped, as Waitress does.
         if name.contains(&b'_') {
+            line_groups.push(NONE);
             continue;
         }
         if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
@@ -458,7 +487,7 @@ fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHea
         }
         let group = groups.add(name, value.len());
         specials.note(name, group);
-        lines.push(Line { value, group });
+        line_groups.push(group);
     }
     #[cfg(test)]
     LAST_PROBES.with(|p| p.set(groups.probes));
@@ -490,11 +519,15 @@ fn build(req: httparse::Request<'_, '_>, rules: &HeadRules) -> Result<RequestHea
         fill.push((pos as u32, g.lines));
         pos = end;
     }
-    for line in &lines {
-        let (at, left) = &mut fill[line.group as usize];
+    for (h, &group) in req.headers.iter().zip(&line_groups) {
+        if group == NONE {
+            continue;
+        }
+        let value = trim_ows(h.value);
+        let (at, left) = &mut fill[group as usize];
         let start = *at as usize;
-        arena[start..start + line.value.len()].copy_from_slice(line.value);
-        let mut next = start + line.value.len();
+        arena[start..start + value.len()].copy_from_slice(value);
+        let mut next = start + value.len();
         *left -= 1;
         if *left > 0 {
             arena[next..next + 2].copy_from_slice(b", ");
@@ -870,6 +903,33 @@ mod tests {
         let h = head("GET / HTTP/1.1\r\nA: 1\r\nHost: h\r\nB:\r\na: 2\r\nb: x\r\nA:  3 \r\n\r\n").unwrap();
         let all: Vec<(&[u8], &[u8])> = h.headers().collect();
         assert_eq!(all, [(&b"A"[..], &b"1, 2, 3"[..]), (b"HOST", b"h"), (b"B", b", x")]);
+    }
+
+    /// Heads of more lines than the stack array, one after another on one thread (their
+    /// header slots are kept between heads): each is read as itself, whether the next is
+    /// shorter, longer or refused.
+    #[test]
+    fn heads_of_many_lines_one_after_another() {
+        let many = |n: usize, name: &str, value: &str| {
+            let mut s = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
+            for i in 0..n {
+                s.push_str(&format!("{name}{}: {value}{i}\r\n", i % 3));
+            }
+            s + "\r\n"
+        };
+        for (n, name, value) in [(5000, "x", "a"), (300, "y", "bb"), (9000, "z", "c"), (70, "x", "d")] {
+            let h = head(&many(n, name, value)).unwrap();
+            let all: Vec<(Vec<u8>, Vec<u8>)> = h.headers().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            assert_eq!(all.len(), 4);
+            assert_eq!(all[0], (b"HOST".to_vec(), b"h".to_vec()));
+            for (g, (k, v)) in all[1..].iter().enumerate() {
+                assert_eq!(k, format!("{}{g}", name.to_uppercase()).as_bytes());
+                let want: Vec<String> = (g..n).step_by(3).map(|i| format!("{value}{i}")).collect();
+                assert_eq!(v, want.join(", ").as_bytes());
+            }
+            let bad = many(n, name, value).replacen(&format!("{name}1: "), &format!("{name} 1: "), 1);
+            assert!(head(&bad).is_err());
+        }
     }
 
     #[test]
