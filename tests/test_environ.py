@@ -4,6 +4,7 @@ compared key for key with what Waitress 3.0.2 builds for the same request bytes.
 import concurrent.futures
 import hashlib
 import json
+import random
 import socket
 
 import pytest
@@ -394,8 +395,6 @@ def test_spilled_bodies_in_pieces_then_pipelined_requests(serve_app):
     without passing through the server's memory): each one arrives whole and in order,
     whether it comes with its head, in odd-sized pieces or in one write with the next
     request behind it, and the request behind it is not taken as body."""
-    import random
-
     overflow = 16 * 1024
     addr = serve_app(apps.input_methods, inbuf_overflow=overflow)
     rng = random.Random(7)

@@ -10,11 +10,12 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 struct Pipe {
-    read: OwnedFd,
+    /// The read end as a File, so the fallback in pipe_to_file reads it with std's Read.
+    read: File,
     write: OwnedFd,
     /// Bytes the pipe holds at most: what one splice from the socket may move.
     cap: usize,
@@ -39,7 +40,7 @@ fn new_pipe(size: usize) -> io::Result<Pipe> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = unsafe { (File::from(OwnedFd::from_raw_fd(fds[0])), OwnedFd::from_raw_fd(fds[1])) };
     let want = size.min(i32::MAX as usize) as libc::c_int;
     // SAFETY: fcntl on an open descriptor; a refusal (over fs.pipe-max-size) is harmless.
     let mut cap = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
@@ -124,16 +125,9 @@ fn pipe_to_file(pipe: &Pipe, file: &mut File, n: usize, scratch: &mut [u8]) -> i
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 while left > 0 {
                     let take = left.min(scratch.len());
-                    // SAFETY: reads at most `take` bytes into scratch, which has room.
-                    let m = unsafe { libc::read(pipe.read.as_raw_fd(), scratch.as_mut_ptr().cast(), take) };
-                    if m < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    if m == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                    file.write_all(&scratch[..m as usize])?;
-                    left -= m as usize;
+                    (&pipe.read).read_exact(&mut scratch[..take])?;
+                    file.write_all(&scratch[..take])?;
+                    left -= take;
                 }
                 return Ok(false);
             }
