@@ -3,11 +3,13 @@
 //! A pool thread that finishes a response takes the next queued request itself, still
 //! holding the GIL. Another thread is woken only when no pool thread is serving, or when
 //! the threads that are serving are all stuck: no request taken or finished for
-//! [`WAKE_AFTER`], and (where the OS tells a thread's CPU time) together running or
-//! waiting for a CPU less than half the time since. A request queued while every serving
-//! thread has been on its request for WAKE_AFTER and none of them is running (asleep,
-//! waiting on I/O: the OS tells a thread's state) wakes an idle thread at once, with no
-//! stall check to wait for.
+//! [`WAKE_AFTER`], and (where the OS tells a thread's CPU time) together running less
+//! than half the time since, none of them running or waiting for a CPU at the time. The
+//! CPU times are read from the threads' CPU-time clocks (a system call each, no file);
+//! a thread's state costs a file read, taken only when the CPU times leave it open. A
+//! request queued while every serving thread has been on its request for WAKE_AFTER and
+//! none of them is running (asleep, waiting on I/O: the OS tells a thread's state) wakes
+//! an idle thread at once, with no stall check to wait for.
 //! So an application whose requests hold the GIL is served by one thread at a time, as
 //! with threads=1 (threads that wake only to wait for the GIL cost hand-offs and context
 //! switches), while a request that sleeps or waits on I/O holds the others back for no
@@ -34,6 +36,9 @@ pub const WAKE_AFTER: Duration = Duration::from_micros(200);
 /// How much serving time a thread beside others is judged over (see the module doc);
 /// one reading of its CPU time per window, only while more than one thread serves.
 const JUDGE_WINDOW: Duration = Duration::from_millis(1);
+/// How old the stall check's reading of a thread's CPU time may be for a request queued
+/// to judge by it whether the thread has been running since (see `all_blocked`).
+const READING_MAX_AGE: Duration = Duration::from_millis(2);
 /// No reading yet in `Slot::window_cpu`.
 const UNKNOWN: u64 = u64::MAX;
 /// The stall check runs every WAKE_AFTER after a stall, and backs off (doubling) while
@@ -51,8 +56,9 @@ pub struct Slot {
     /// Between taking a request and going idle.
     serving: AtomicBool,
     cpu: ThreadCpu,
-    /// CPU time (ns) the thread had at the stall check's last reading.
-    last_cpu: AtomicU64,
+    /// The stall check's last reading of the thread's CPU time: when (ns since the
+    /// pool's epoch) and the CPU time then (ns). Written by the reactor only.
+    reading: Mutex<Option<(u64, u64)>>,
     /// When (ns since the pool's epoch) the thread last took or finished a request, or
     /// was woken.
     since: AtomicU64,
@@ -204,6 +210,19 @@ impl<T> Pool<T> {
         }
         let mut any = false;
         for slot in serving() {
+            // Cheap first: a thread whose CPU time grew by at least half the time since
+            // the stall check last read it has been running, and is taken to run on
+            // (if it has just blocked, the stall check finds it). Only the others cost
+            // a look at their state.
+            if let (Some(cpu), Some((at, before))) = (slot.cpu.cpu_time(), *slot.reading.lock()) {
+                let age = now.saturating_sub(at);
+                if age >= wake_after / 2
+                    && age <= READING_MAX_AGE.as_nanos() as u64
+                    && cpu.saturating_sub(before) * 2 >= age
+                {
+                    return false;
+                }
+            }
             match slot.cpu.running() {
                 Some(false) => any = true,
                 Some(true) | None => return false,
@@ -266,7 +285,7 @@ impl<T> Pool<T> {
             return Some(self.at(now + self.back_off(CHECK_BACKOFF_PROGRESS)));
         }
         let probe_at = self.last_check.load(Ordering::SeqCst);
-        match self.snapshot_cpu(probe_at > progress, now.saturating_sub(probe_at)) {
+        match self.snapshot_cpu(now, probe_at > progress) {
             // The first look since the stall began: CPU times noted, decided next time.
             Probe::Started => {
                 self.last_check.store(now, Ordering::SeqCst);
@@ -302,25 +321,29 @@ impl<T> Pool<T> {
         self.epoch + Duration::from_nanos(ns)
     }
 
-    /// Reads each serving thread's running-or-runnable time. With `compare`, says whether
-    /// they ran (or waited for a CPU), together, at least half of the `window` ns since
-    /// the previous reading: threads taking turns at the GIL run one at a time, each for
-    /// a part of the window, and one more thread would only join the turns.
-    fn snapshot_cpu(&self, compare: bool, window: u64) -> Probe {
+    /// Reads each serving thread's CPU time (a clock read, no file). With `compare`, says
+    /// whether they ran, together, at least half of the time since their previous
+    /// readings (threads taking turns at the GIL run one at a time, each for a part of
+    /// it, and one more thread would only join the turns), or else whether one of them
+    /// is running or waiting for a CPU now (preempted on a busy machine: another thread
+    /// would compete for the same CPU and GIL).
+    fn snapshot_cpu(&self, now: u64, compare: bool) -> Probe {
         let slots = self.slots.lock();
         let mut any_clock = false;
-        let mut ran = 0u64;
+        // Sum of each thread's share of its window, in thousandths.
+        let mut share = 0u64;
         for slot in slots.iter().filter(|s| s.serving.load(Ordering::Relaxed)) {
-            let Some(cpu) = slot.cpu.now() else { continue };
+            let Some(cpu) = slot.cpu.cpu_time() else { continue };
             any_clock = true;
-            let before = slot.last_cpu.swap(cpu, Ordering::Relaxed);
-            ran = ran.saturating_add(cpu.saturating_sub(before));
+            if let Some((at, before)) = slot.reading.lock().replace((now, cpu)) {
+                let ran = cpu.saturating_sub(before).saturating_mul(1000);
+                share = share.saturating_add(ran.checked_div(now.saturating_sub(at)).unwrap_or(0));
+            }
         }
         match (any_clock, compare) {
             (false, _) => Probe::Unknown,
             (true, false) => Probe::Started,
-            (true, true) if window > 0 && ran.saturating_mul(2) >= window => Probe::Running,
-            // Waiting for a CPU right now (the wait is counted only once it ends).
+            (true, true) if share >= 500 => Probe::Running,
             (true, true) if one_runs(&slots, None) => Probe::Running,
             (true, true) => Probe::Stuck,
         }
@@ -333,7 +356,7 @@ impl<T> Pool<T> {
             wake: Condvar::new(),
             serving: AtomicBool::new(true),
             cpu: ThreadCpu::current(),
-            last_cpu: AtomicU64::new(0),
+            reading: Mutex::new(None),
             since: AtomicU64::new(self.now_ns()),
             window_start: AtomicU64::new(0),
             window_cpu: AtomicU64::new(UNKNOWN),
@@ -492,8 +515,8 @@ fn one_runs(slots: &[Arc<Slot>], except: Option<&Slot>) -> bool {
 struct ThreadCpu {
     /// This thread's /proc/self/task/TID/schedstat: its first two fields are the time the
     /// thread has run and the time it has waited, runnable, for a CPU. Opened for each
-    /// reading (during stalls, and once per JUDGE_WINDOW while more than one thread
-    /// serves), so that no descriptor is held for it.
+    /// reading (once per JUDGE_WINDOW while more than one thread serves), so that no
+    /// descriptor is held for it.
     #[cfg(target_os = "linux")]
     schedstat: Option<String>,
     #[cfg(target_os = "linux")]
@@ -549,6 +572,18 @@ impl ThreadCpu {
         if self.schedstat.is_some() {
             return self.read_schedstat();
         }
+        self.cpu_time()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn now(&self) -> Option<u64> {
+        None
+    }
+
+    /// CPU time (ns) the thread has run, from its CPU-time clock: one system call, no
+    /// file (the stall check's reading, taken while threads serve and others are idle).
+    #[cfg(target_os = "linux")]
+    fn cpu_time(&self) -> Option<u64> {
         let clock = self.clock?;
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: `ts` is a valid place for the result; the clock belongs to a pool
@@ -559,7 +594,7 @@ impl ThreadCpu {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn now(&self) -> Option<u64> {
+    fn cpu_time(&self) -> Option<u64> {
         None
     }
 
@@ -716,6 +751,48 @@ mod tests {
         wait_for(|| served.lock().len() == 2);
         let got = served.lock().clone();
         assert_ne!(got[0].0, got[1].0, "{got:?}");
+        let (lock, cv) = &*release;
+        *lock.lock() = true;
+        cv.notify_all();
+        pool.stop(2);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    /// The same once the stall check has read the sleeping thread's CPU time (the cheap
+    /// look at a request queued): its CPU time has not grown, so its state is read, and
+    /// the request wakes an idle thread at once.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_request_queued_after_a_stall_check_read_a_sleeping_thread_wakes_another() {
+        let pool = Arc::new(Pool::<u32>::new());
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let threads: Vec<_> = (0..2).map(|i| thread(&pool, &served, i, Some(0), release.clone())).collect();
+        wait_for(|| pool.idle() == 2);
+        pool.push(0);
+        pool.push(1); // the thread woken for 0 has just been woken: 1 waits for it
+        wait_for(|| !served.lock().is_empty());
+        let sleeper = served.lock()[0].0;
+        // Stall checks until one wakes the other thread for request 1: they read the
+        // sleeping thread's CPU time.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served.lock().len() < 2 {
+            assert!(Instant::now() < deadline, "no stall check woke a thread");
+            pool.check();
+            std::thread::sleep(WAKE_AFTER);
+        }
+        // Soon after (the reading is fresh enough to be used), no stall check from here on.
+        while pool.idle() < 1 {
+            assert!(Instant::now() < deadline, "the thread woken never went idle");
+            std::thread::yield_now();
+        }
+        std::thread::sleep(WAKE_AFTER);
+        pool.push(2);
+        wait_for(|| served.lock().len() == 3);
+        let got = served.lock().clone();
+        assert!(got[1..].iter().all(|&(id, _)| id != sleeper), "{got:?}");
         let (lock, cv) = &*release;
         *lock.lock() = true;
         cv.notify_all();
