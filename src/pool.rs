@@ -270,9 +270,11 @@ impl<T> Pool<T> {
 
     /// The stall check, run by the reactor: when requests wait and threads are idle but
     /// nothing has been taken or finished for WAKE_AFTER, and no serving thread is
-    /// running (judged over a second WAKE_AFTER from their CPU times, where the OS
-    /// tells them), one more thread is woken. Returns when to check again (None: nothing
-    /// waits for a thread, or none is idle). Cheap until a stall begins: no system call.
+    /// running (judged from their CPU times, where the OS tells them: at the first look,
+    /// against an earlier check's reading, when that shows they ran at least half the
+    /// stall; otherwise over a second WAKE_AFTER), one more thread is woken. Returns when
+    /// to check again (None: nothing waits for a thread, or none is idle). Cheap until a
+    /// stall begins: no system call.
     pub fn check(&self) -> Option<Instant> {
         if self.rx.is_empty() || self.idle() == 0 {
             return None;
@@ -285,18 +287,22 @@ impl<T> Pool<T> {
             return Some(self.at(now + self.back_off(CHECK_BACKOFF_PROGRESS)));
         }
         let probe_at = self.last_check.load(Ordering::SeqCst);
-        match self.snapshot_cpu(now, probe_at > progress) {
-            // The first look since the stall began: CPU times noted, decided next time.
+        let same_stall = probe_at > progress;
+        match self.snapshot_cpu(now, progress, same_stall) {
+            // The first look since the stall began, not conclusive: CPU times noted,
+            // decided next time.
             Probe::Started => {
                 self.last_check.store(now, Ordering::SeqCst);
                 self.interval.store(wake_after, Ordering::Relaxed);
                 return Some(self.at(now + wake_after));
             }
             // A serving thread is running Python: the GIL is busy, another thread would
-            // only wait for it.
+            // only wait for it. Checks back off further during one long request than
+            // while requests are being finished between them.
             Probe::Running => {
                 self.last_check.store(now, Ordering::SeqCst);
-                return Some(self.at(now + self.back_off(CHECK_BACKOFF_RUNNING)));
+                let max = if same_stall { CHECK_BACKOFF_RUNNING } else { CHECK_BACKOFF_PROGRESS };
+                return Some(self.at(now + self.back_off(max)));
             }
             Probe::Stuck | Probe::Unknown => {}
         }
@@ -321,13 +327,16 @@ impl<T> Pool<T> {
         self.epoch + Duration::from_nanos(ns)
     }
 
-    /// Reads each serving thread's CPU time (a clock read, no file). With `compare`, says
-    /// whether they ran, together, at least half of the time since their previous
-    /// readings (threads taking turns at the GIL run one at a time, each for a part of
-    /// it, and one more thread would only join the turns), or else whether one of them
-    /// is running or waiting for a CPU now (preempted on a busy machine: another thread
-    /// would compete for the same CPU and GIL).
-    fn snapshot_cpu(&self, now: u64, compare: bool) -> Probe {
+    /// Reads each serving thread's CPU time (a clock read, no file) during a stall that
+    /// began at `progress`, and says whether they ran, together, at least half of it
+    /// (threads taking turns at the GIL run one at a time, each for a part of it, and
+    /// one more thread would only join the turns): exactly, from readings taken during
+    /// the stall; from a reading taken before it, by the least the thread can have run
+    /// since the stall began (what it ran beyond the time from that reading to the
+    /// stall's start). Otherwise, with `compare` (readings from earlier in this stall),
+    /// whether one of them is running or waiting for a CPU now (preempted on a busy
+    /// machine: another thread would compete for the same CPU and GIL).
+    fn snapshot_cpu(&self, now: u64, progress: u64, compare: bool) -> Probe {
         let slots = self.slots.lock();
         let mut any_clock = false;
         // Sum of each thread's share of its window, in thousandths.
@@ -336,14 +345,19 @@ impl<T> Pool<T> {
             let Some(cpu) = slot.cpu.cpu_time() else { continue };
             any_clock = true;
             if let Some((at, before)) = slot.reading.lock().replace((now, cpu)) {
-                let ran = cpu.saturating_sub(before).saturating_mul(1000);
-                share = share.saturating_add(ran.checked_div(now.saturating_sub(at)).unwrap_or(0));
+                let ran = cpu.saturating_sub(before);
+                let (ran, window) = if at >= progress {
+                    (ran, now.saturating_sub(at))
+                } else {
+                    (ran.saturating_sub(progress - at), now.saturating_sub(progress))
+                };
+                share = share.saturating_add(ran.saturating_mul(1000).checked_div(window).unwrap_or(0));
             }
         }
         match (any_clock, compare) {
             (false, _) => Probe::Unknown,
+            (true, _) if share >= 500 => Probe::Running,
             (true, false) => Probe::Started,
-            (true, true) if share >= 500 => Probe::Running,
             (true, true) if one_runs(&slots, None) => Probe::Running,
             (true, true) => Probe::Stuck,
         }
@@ -725,6 +739,69 @@ mod tests {
         });
         let blocked_on = served.lock()[0].0;
         assert!(served.lock()[1..].iter().all(|(i, _)| *i != blocked_on));
+        let (lock, cv) = &*release;
+        *lock.lock() = true;
+        cv.notify_all();
+        pool.stop(2);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    /// A thread that ran its last request on the CPU and then blocked on its next: the
+    /// stall check does not count the running it read before the stall began as running
+    /// during the stall, and wakes the other thread at its second look.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_thread_that_ran_then_blocked_is_covered_after_two_checks() {
+        let pool = Arc::new(Pool::<u32>::new());
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let threads: Vec<_> = (0..2)
+            .map(|id| {
+                let (served, release) = (served.clone(), release.clone());
+                pool_thread(&pool, move |t| {
+                    served.lock().push((id, t));
+                    if t == 0 {
+                        let until = Instant::now() + Duration::from_millis(20);
+                        while Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                    } else if t == 1 {
+                        let (lock, cv) = &*release;
+                        let mut go = lock.lock();
+                        while !*go {
+                            cv.wait(&mut go);
+                        }
+                    }
+                })
+            })
+            .collect();
+        wait_for(|| pool.idle() == 2);
+        for t in 0..6 {
+            pool.push(t); // 0 wakes a thread; the rest wait for it
+        }
+        while served.lock().is_empty() {
+            std::thread::yield_now();
+        }
+        // Two looks early in request 0: its CPU time read while it runs.
+        for _ in 0..2 {
+            std::thread::sleep(WAKE_AFTER + WAKE_AFTER / 2);
+            pool.check();
+        }
+        wait_for(|| served.lock().len() == 2);
+        let blocked = served.lock()[1].0;
+        std::thread::sleep(WAKE_AFTER * 2);
+        // The stall's first look: the reading from request 0 shows no running since the
+        // stall began, so the next look comes WAKE_AFTER later (not put off as it would
+        // be for a thread running).
+        let next = pool.check().expect("requests wait and a thread is idle");
+        assert!(next <= Instant::now() + WAKE_AFTER, "the next look was put off");
+        std::thread::sleep(WAKE_AFTER);
+        pool.check(); // nothing ran since: the other thread is woken
+        wait_for(|| served.lock().len() == 6);
+        let got = served.lock().clone();
+        assert!(got[2..].iter().all(|&(id, _)| id != blocked), "{got:?}");
         let (lock, cv) = &*release;
         *lock.lock() = true;
         cv.notify_all();
