@@ -89,6 +89,9 @@ pub struct Shared {
     tls: parking_lot::RwLock<Option<Arc<rustls::ServerConfig>>>,
     /// Responses pool threads left for the reactor to send (see [`Shared::defer`]).
     pub deferred: Deferred,
+    /// Changes of a connection's interest made in the poller so far.
+    #[cfg(test)]
+    interest_changes: AtomicU64,
 }
 
 impl Shared {
@@ -119,6 +122,8 @@ impl Shared {
             metrics,
             tls: parking_lot::RwLock::new(None),
             deferred: Deferred::new(),
+            #[cfg(test)]
+            interest_changes: AtomicU64::new(0),
         })
     }
 
@@ -303,12 +308,19 @@ impl Shared {
 
     /// Registers with the poller what the connection now waits for. Connections are
     /// watched level-triggered, and what a keep-alive connection waits for is the same
-    /// (input) from one request to the next, so a request costs no poller call.
+    /// (input) from one request to the next, so a request costs no poller call. That
+    /// holds for a response left for the reactor too: while it waits to be sent, the
+    /// connection keeps the read interest it had (whether the reactor reads meanwhile is
+    /// still the phase's to say, see `on_ready`), and once the reactor has sent it,
+    /// within a nap, the connection waits for input again. Dropping the interest in
+    /// between cost two poller calls a request, one of them on the thread running Python.
     pub fn watch(&self, conn: &Conn, st: &mut ConnState) {
         let want = self.interest(st);
-        if want == st.interest {
+        if want == st.interest || (st.deferred && !want.read) {
             return;
         }
+        #[cfg(test)]
+        self.interest_changes.fetch_add(1, Ordering::Relaxed);
         let Some(sock) = st.sock() else { return };
         let ev = PollEvent::new(conn.key, want.read, want.write);
         match self.poller.modify_with_mode(sock, ev, PollMode::Level) {
@@ -1190,8 +1202,58 @@ mod tests {
         echo_clients(&r, CLIENTS, EACH);
         assert!(worker.join().unwrap().iter().all(|o| o.is_ok()));
         let left = r.shared.deferred.left();
+        let changes = r.shared.interest_changes.load(Ordering::Relaxed);
         if cfg!(target_os = "linux") {
             assert!(left > 0, "no response was left for the reactor");
+            // A response left keeps the connection's read interest: no poller call.
+            assert!(changes < left, "{changes} interest changes for {left} responses left");
+        }
+        r.stop();
+    }
+
+    /// Clients that send their requests three at a time in one write while the worker
+    /// leaves responses for the reactor: input arrives for a connection whose response
+    /// waits to be sent (its read interest kept), and every answer still comes whole and
+    /// in order.
+    #[test]
+    fn pipelined_requests_beside_responses_left_for_the_reactor() {
+        const CLIENTS: usize = 4;
+        const BATCHES: usize = 15;
+        const PER: usize = 3;
+        let r = Running::start(Config::default());
+        let worker = r.worker(CLIENTS * BATCHES * PER, move |resp, req| {
+            resp.taken_at = Instant::now().checked_sub(Duration::from_millis(1));
+            echo_path(resp, req)
+        });
+        let threads: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let mut s = r.connect();
+                std::thread::spawn(move || {
+                    for b in 0..BATCHES {
+                        let paths: Vec<String> = (0..PER).map(|i| format!("/c{c}/b{b}/r{i}")).collect();
+                        let batch: String =
+                            paths.iter().map(|p| format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n")).collect();
+                        s.write_all(batch.as_bytes()).unwrap();
+                        let got = read_until(&mut s, paths[PER - 1].as_bytes(), 1);
+                        let text = String::from_utf8_lossy(&got);
+                        let mut at = 0;
+                        for p in &paths {
+                            let found = text[at..]
+                                .find(&format!("\r\n\r\n{p}"))
+                                .unwrap_or_else(|| panic!("{p} missing or out of order in {text}"));
+                            at += found + p.len();
+                        }
+                        assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), PER, "{text}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(worker.join().unwrap().iter().all(|o| o.is_ok()));
+        if cfg!(target_os = "linux") {
+            assert!(r.shared.deferred.left() > 0, "no response was left for the reactor");
         }
         r.stop();
     }
