@@ -683,6 +683,21 @@ mod tests {
         })
     }
 
+    /// Lets the blocked requests go on, then stops the pool and joins its threads.
+    fn release_and_stop(
+        pool: &Pool<u32>,
+        release: &(Mutex<bool>, Condvar),
+        threads: Vec<std::thread::JoinHandle<()>>,
+    ) {
+        let (lock, cv) = release;
+        *lock.lock() = true;
+        cv.notify_all();
+        pool.stop(threads.len());
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
     fn wait_for(cond: impl Fn() -> bool) {
         for _ in 0..2000 {
             if cond() {
@@ -739,13 +754,7 @@ mod tests {
         });
         let blocked_on = served.lock()[0].0;
         assert!(served.lock()[1..].iter().all(|(i, _)| *i != blocked_on));
-        let (lock, cv) = &*release;
-        *lock.lock() = true;
-        cv.notify_all();
-        pool.stop(2);
-        for t in threads {
-            t.join().unwrap();
-        }
+        release_and_stop(&pool, &release, threads);
     }
 
     /// A thread that ran its last request on the CPU and then blocked on its next: the
@@ -802,13 +811,7 @@ mod tests {
         wait_for(|| served.lock().len() == 6);
         let got = served.lock().clone();
         assert!(got[2..].iter().all(|&(id, _)| id != blocked), "{got:?}");
-        let (lock, cv) = &*release;
-        *lock.lock() = true;
-        cv.notify_all();
-        pool.stop(2);
-        for t in threads {
-            t.join().unwrap();
-        }
+        release_and_stop(&pool, &release, threads);
     }
 
     /// A request queued while the only serving thread sleeps in its request wakes an
@@ -828,13 +831,7 @@ mod tests {
         wait_for(|| served.lock().len() == 2);
         let got = served.lock().clone();
         assert_ne!(got[0].0, got[1].0, "{got:?}");
-        let (lock, cv) = &*release;
-        *lock.lock() = true;
-        cv.notify_all();
-        pool.stop(2);
-        for t in threads {
-            t.join().unwrap();
-        }
+        release_and_stop(&pool, &release, threads);
     }
 
     /// The same once the stall check has read the sleeping thread's CPU time (the cheap
@@ -870,13 +867,7 @@ mod tests {
         wait_for(|| served.lock().len() == 3);
         let got = served.lock().clone();
         assert!(got[1..].iter().all(|&(id, _)| id != sleeper), "{got:?}");
-        let (lock, cv) = &*release;
-        *lock.lock() = true;
-        cv.notify_all();
-        pool.stop(2);
-        for t in threads {
-            t.join().unwrap();
-        }
+        release_and_stop(&pool, &release, threads);
     }
 
     /// A pool thread whose request 0 spins (holding a CPU, as a request holding the GIL
