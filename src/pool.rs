@@ -683,6 +683,20 @@ mod tests {
         })
     }
 
+    type Served = Arc<Mutex<Vec<(usize, u32)>>>;
+    type Release = Arc<(Mutex<bool>, Condvar)>;
+    type Threads = Vec<std::thread::JoinHandle<()>>;
+
+    /// A pool of two idle threads (as `thread`) whose request 0 blocks until released.
+    fn two_threads_blocking_on_0() -> (Arc<Pool<u32>>, Served, Release, Threads) {
+        let pool = Arc::new(Pool::<u32>::new());
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let threads: Vec<_> = (0..2).map(|i| thread(&pool, &served, i, Some(0), release.clone())).collect();
+        wait_for(|| pool.idle() == 2);
+        (pool, served, release, threads)
+    }
+
     /// Lets the blocked requests go on, then stops the pool and joins its threads.
     fn release_and_stop(
         pool: &Pool<u32>,
@@ -736,11 +750,7 @@ mod tests {
     /// another thread, woken by the stall check.
     #[test]
     fn a_blocked_thread_is_covered_by_another() {
-        let pool = Arc::new(Pool::<u32>::new());
-        let served = Arc::new(Mutex::new(Vec::new()));
-        let release = Arc::new((Mutex::new(false), Condvar::new()));
-        let threads: Vec<_> = (0..2).map(|i| thread(&pool, &served, i, Some(0), release.clone())).collect();
-        wait_for(|| pool.idle() == 2);
+        let (pool, served, release, threads) = two_threads_blocking_on_0();
         pool.push(0); // blocks the thread that takes it
         wait_for(|| served.lock().len() == 1);
         for t in 1..=5 {
@@ -819,11 +829,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_request_queued_beside_a_sleeping_thread_wakes_another() {
-        let pool = Arc::new(Pool::<u32>::new());
-        let served = Arc::new(Mutex::new(Vec::new()));
-        let release = Arc::new((Mutex::new(false), Condvar::new()));
-        let threads: Vec<_> = (0..2).map(|i| thread(&pool, &served, i, Some(0), release.clone())).collect();
-        wait_for(|| pool.idle() == 2);
+        let (pool, served, release, threads) = two_threads_blocking_on_0();
         pool.push(0); // sleeps on a condvar in the thread that takes it
         wait_for(|| served.lock().len() == 1);
         std::thread::sleep(WAKE_AFTER * 5);
@@ -840,11 +846,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_request_queued_after_a_stall_check_read_a_sleeping_thread_wakes_another() {
-        let pool = Arc::new(Pool::<u32>::new());
-        let served = Arc::new(Mutex::new(Vec::new()));
-        let release = Arc::new((Mutex::new(false), Condvar::new()));
-        let threads: Vec<_> = (0..2).map(|i| thread(&pool, &served, i, Some(0), release.clone())).collect();
-        wait_for(|| pool.idle() == 2);
+        let (pool, served, release, threads) = two_threads_blocking_on_0();
         pool.push(0);
         pool.push(1); // the thread woken for 0 has just been woken: 1 waits for it
         wait_for(|| !served.lock().is_empty());
