@@ -214,12 +214,11 @@ impl<T> Pool<T> {
             // the stall check last read it has been running, and is taken to run on
             // (if it has just blocked, the stall check finds it). Only the others cost
             // a look at their state.
-            if let (Some(cpu), Some((at, before))) = (slot.cpu.cpu_time(), *slot.reading.lock()) {
+            let reading = *slot.reading.lock();
+            if let Some((at, before)) = reading {
                 let age = now.saturating_sub(at);
-                if age >= wake_after / 2
-                    && age <= READING_MAX_AGE.as_nanos() as u64
-                    && cpu.saturating_sub(before) * 2 >= age
-                {
+                let usable = age >= wake_after / 2 && age <= READING_MAX_AGE.as_nanos() as u64;
+                if usable && slot.cpu.cpu_time().is_some_and(|cpu| cpu.saturating_sub(before) * 2 >= age) {
                     return false;
                 }
             }
@@ -698,11 +697,7 @@ mod tests {
     }
 
     /// Lets the blocked requests go on, then stops the pool and joins its threads.
-    fn release_and_stop(
-        pool: &Pool<u32>,
-        release: &(Mutex<bool>, Condvar),
-        threads: Vec<std::thread::JoinHandle<()>>,
-    ) {
+    fn release_and_stop(pool: &Pool<u32>, release: &(Mutex<bool>, Condvar), threads: Threads) {
         let (lock, cv) = release;
         *lock.lock() = true;
         cv.notify_all();
