@@ -195,6 +195,49 @@ impl Spool {
     }
 }
 
+impl Spool {
+    /// Fills `len` bytes at `dst` from the file-backed body at `offset` with pread(2),
+    /// so the destination need not be initialised first (wsgi.input fills a new bytes
+    /// object this way instead of zeroing it and then reading over the zeros). Ok(false)
+    /// when the body is in memory or the file holds fewer bytes than asked.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len` bytes, and nothing may read them unless
+    /// this returns Ok(true).
+    #[cfg(unix)]
+    pub unsafe fn fill_raw_at(&self, offset: u64, dst: *mut u8, len: usize) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let Some((f, _)) = &self.file else { return Ok(false) };
+        if offset.saturating_add(len as u64) > self.len {
+            return Ok(false);
+        }
+        let mut got = 0usize;
+        while got < len {
+            // SAFETY: dst + got .. dst + len lies inside the caller's writable region.
+            let n = unsafe {
+                libc::pread(
+                    f.as_raw_fd(),
+                    dst.add(got).cast(),
+                    len - got,
+                    (offset + got as u64) as libc::off_t,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Ok(false);
+            }
+            got += n as usize;
+        }
+        Ok(true)
+    }
+}
+
 #[cfg(unix)]
 fn read_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     std::os::unix::fs::FileExt::read_at(f, buf, offset)
@@ -611,5 +654,28 @@ mod tests {
         assert_eq!(s.read_at(2, &mut buf).unwrap(), 5);
         assert_eq!(&buf, b"cdefg");
         assert_eq!(s.read_at(7, &mut buf).unwrap(), 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn spill_file_fills_uninitialised_memory() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut s = Spool::new(1024);
+        s.write(&body).unwrap();
+        assert!(s.is_file());
+        let mut out: Vec<u8> = Vec::with_capacity(body.len());
+        // SAFETY: the capacity covers every write; the length is set only after a fill
+        // that reports every byte written.
+        unsafe {
+            assert!(s.fill_raw_at(1000, out.as_mut_ptr(), body.len() - 1000).unwrap());
+            out.set_len(body.len() - 1000);
+        }
+        assert_eq!(out, &body[1000..]);
+        // Past the end, or a body held in memory: nothing is claimed filled.
+        let mut spare = [0u8; 8];
+        assert!(!unsafe { s.fill_raw_at(body.len() as u64 - 4, spare.as_mut_ptr(), 8) }.unwrap());
+        let mut m = Spool::new(1024);
+        m.write(b"in memory").unwrap();
+        assert!(!unsafe { m.fill_raw_at(0, spare.as_mut_ptr(), 2) }.unwrap());
     }
 }

@@ -33,6 +33,7 @@ impl Body {
 
     /// Fills `buf` from the current position of a file-backed body; false if the spill
     /// file turned out shorter than recorded.
+    #[cfg(not(unix))]
     fn fill_from_file(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         let start = self.pos;
         let mut got = 0;
@@ -89,13 +90,7 @@ fn take<'py>(py: Python<'py>, body: &mut Body, n: usize) -> PyResult<Bound<'py, 
         body.pos += n as u64;
         return Ok(out);
     }
-    let mut complete = Ok(true);
-    // new_with hands out a zeroed buffer that belongs to the new object alone; it is
-    // filled without the GIL.
-    let out = PyBytes::new_with(py, n, |buf| {
-        complete = py.allow_threads(|| body.fill_from_file(buf));
-        Ok(())
-    })?;
+    let (out, complete) = from_file(py, body, n)?;
     match complete {
         Ok(true) => {
             body.pos += n as u64;
@@ -104,6 +99,52 @@ fn take<'py>(py: Python<'py>, body: &mut Body, n: usize) -> PyResult<Bound<'py, 
         Ok(false) => Err(pyo3::exceptions::PyIOError::new_err("request body spool was truncated")),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A new bytes object of `n` bytes read from the spill file at the body's position,
+/// filled without the GIL (the object is not visible to Python yet), and whether the
+/// file held them all.
+#[cfg(unix)]
+fn from_file<'py>(
+    py: Python<'py>,
+    body: &Body,
+    n: usize,
+) -> PyResult<(Bound<'py, PyBytes>, std::io::Result<bool>)> {
+    if n == 0 {
+        return Ok((PyBytes::new(py, b""), Ok(true)));
+    }
+    // SAFETY: with a NULL source PyBytes_FromStringAndSize returns a new object with `n`
+    // bytes of uninitialised contents (or NULL with an exception set); the new object is
+    // referenced from here alone, so writing its contents through PyBytes_AsString is
+    // sound, and fill_raw_at writes exactly those `n` bytes. When the fill falls short
+    // the object is dropped unread.
+    unsafe {
+        let obj = Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as pyo3::ffi::Py_ssize_t),
+        )?
+        .downcast_into_unchecked::<PyBytes>();
+        let dst = pyo3::ffi::PyBytes_AsString(obj.as_ptr()) as usize;
+        let (spool, pos) = (&body.spool, body.pos);
+        let complete = py.allow_threads(|| spool.fill_raw_at(pos, dst as *mut u8, n));
+        Ok((obj, complete))
+    }
+}
+
+/// As above, through a zeroed buffer: Windows has no pread(2) to fill one left
+/// uninitialised.
+#[cfg(not(unix))]
+fn from_file<'py>(
+    py: Python<'py>,
+    body: &mut Body,
+    n: usize,
+) -> PyResult<(Bound<'py, PyBytes>, std::io::Result<bool>)> {
+    let mut complete = Ok(true);
+    let out = PyBytes::new_with(py, n, |buf| {
+        complete = py.allow_threads(|| body.fill_from_file(buf));
+        Ok(())
+    })?;
+    Ok((out, complete))
 }
 
 fn line_len(py: Python<'_>, body: &mut Body, limit: usize) -> PyResult<usize> {
