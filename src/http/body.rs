@@ -193,9 +193,7 @@ impl Spool {
             }
         }
     }
-}
 
-impl Spool {
     /// Fills `len` bytes at `dst` from the file-backed body at `offset` with pread(2),
     /// so the destination need not be initialised first (wsgi.input fills a new bytes
     /// object this way instead of zeroing it and then reading over the zeros). Ok(false)
