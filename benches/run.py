@@ -1735,7 +1735,8 @@ def write_markdown(path, meta, results, ref):
                 "client_body_buffer_size 2m;` — nginx reads the 1 MiB body off "
                 "the socket and discards it (no buffering, nothing counts the "
                 "bytes; the answer echoes the Content-Length header)."]
-    out += ["", "Raw wrk output of every run: `benches/results/raw/` (not committed).", ""]
+    out += ["", "Raw wrk output of every run: `raw/` in the directory of this report "
+            "(not committed).", ""]
     with open(path, "w") as f:
         f.write("\n".join(out))
 
